@@ -1,0 +1,150 @@
+"""Command-line flags of tf_simclr and their adapter to the typed config.
+
+Every flag of google-research/simclr `tf2/run.py` is defined here with the same name,
+default and meaning (except `--use_tpu`, False here), plus flags of ours. Importing
+this package defines them all on `absl.flags.FLAGS` (once); `define_flags(flag_values)`
+defines them on another `FlagValues`, e.g. a fresh one in tests. This package is the
+only code that reads flag values: the library takes the `Config` built by
+`config_from_flags`.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Union
+
+from absl import flags as absl_flags
+
+from flags import checkpoints
+from flags import data
+from flags import infra
+from flags import model
+from flags import optimization
+from flags import train
+from tf_simclr import config as config_lib
+
+# Topic modules, in the order of the README tables.
+TOPIC_MODULES = (optimization, data, model, train, checkpoints, infra)
+
+
+def official_flag_names() -> tuple[str, ...]:
+  """The 48 flag names of google-research/simclr tf2/run.py, by topic."""
+  return tuple(name for module in TOPIC_MODULES for name in module.OFFICIAL_FLAGS)
+
+
+def our_flag_names() -> tuple[str, ...]:
+  """The flags this project adds, by topic."""
+  return tuple(name for module in TOPIC_MODULES for name in module.OUR_FLAGS)
+
+
+def all_flag_names() -> tuple[str, ...]:
+  """Official flag names, then ours."""
+  return official_flag_names() + our_flag_names()
+
+
+def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+  """Defines all flags on `flag_values`; a no-op when they are already defined.
+
+  Raises:
+    absl.flags.DuplicateFlagError: when only some of them are defined there (a
+      name clash with another module's flag).
+  """
+  if all(name in flag_values for name in all_flag_names()):
+    return
+  for module in TOPIC_MODULES:
+    module.define_flags(flag_values)
+
+
+def config_from_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS,
+                      num_replicas: int = 1) -> config_lib.Config:
+  """Builds the typed config from parsed flags and validates it.
+
+  Args:
+    flag_values: parsed flags holding all of `all_flag_names()`.
+    num_replicas: replicas the batch sizes must divide; the training code checks
+      again with the strategy's real count.
+
+  Returns:
+    The frozen `Config`; each config field takes the flag of the same name.
+
+  Raises:
+    ValueError: one line naming the flag, for an invalid value or combination.
+  """
+  if not flag_values.is_parsed():
+    raise ValueError('Flags are not parsed yet: call config_from_flags after '
+                     'absl.app.run (or flag_values(argv)).')
+  sections = {}
+  for section in dataclasses.fields(config_lib.Config):
+    section_cls = section.default_factory  # type: ignore[misc]
+    sections[section.name] = section_cls(**{
+        field.name: flag_values[field.name].value
+        for field in dataclasses.fields(section_cls)})
+  config = config_lib.Config(**sections)
+  config_lib.validate(config, num_replicas)
+  return config
+
+
+def flag_values_dict(flag_values: absl_flags.FlagValues = absl_flags.FLAGS
+                     ) -> dict[str, Any]:
+  """{name: value} of all our flags (absl's own flags left out)."""
+  return {name: flag_values[name].value for name in all_flag_names()}
+
+
+def flags_to_json(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> str:
+  """JSON text of all our flags, for `model_dir/flags.json`."""
+  return json.dumps(flag_values_dict(flag_values), indent=2, sort_keys=True)
+
+
+def config_from_flags_json(path: Union[str, os.PathLike[str]]
+                           ) -> config_lib.Config:
+  """Rebuilds a run's `Config` from its `flags.json`.
+
+  Works with files written by `flags_to_json` and by the official code (whose
+  extra absl flags such as `logtostderr` are ignored). Flags missing from the file
+  take their defaults. Values are checked as on the command line.
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    ValueError: one line naming the file and flag, for a bad value or bad JSON.
+  """
+  path = os.fspath(path)
+  try:
+    with open(path, encoding='utf-8') as json_file:
+      values = json.load(json_file)
+  except FileNotFoundError:
+    raise FileNotFoundError(
+        f'{path} not found: pass the model_dir of a run that wrote flags.json.'
+    ) from None
+  except json.JSONDecodeError as error:
+    raise ValueError(f'{path} is not valid JSON: {error}.') from None
+  if not isinstance(values, dict):
+    raise ValueError(f'{path} must hold a JSON object of flag values.')
+  flag_values = absl_flags.FlagValues()
+  define_flags(flag_values)
+  for name in all_flag_names():
+    if name not in values:
+      continue
+    value = values[name]
+    flag = flag_values[name]
+    try:
+      if value is None and flag.default is not None:
+        raise ValueError(f'null is not allowed (default {flag.default!r})')
+      if value is None:
+        flag.value = None
+      else:
+        flag.parse(value)
+    except (absl_flags.Error, TypeError, ValueError) as error:
+      raise ValueError(f'{path}: flag {name}={value!r} is invalid: '
+                       f'{_one_line(error)}') from None
+  flag_values.mark_as_parsed()
+  try:
+    return config_from_flags(flag_values)
+  except ValueError as error:
+    raise ValueError(f'{path}: {error}') from None
+
+
+def _one_line(error: Exception) -> str:
+  return ' '.join(str(error).split())
+
+
+define_flags(absl_flags.FLAGS)

@@ -1,0 +1,64 @@
+"""Markdown tables of all flags, for the README.
+
+Usage: `python -m flags.table` prints the official-flag table and ours; the README
+section is kept equal to this output (tests/test_flags.py checks it).
+"""
+
+from absl import flags as absl_flags
+
+import flags as flags_lib
+
+
+def _format_default(value: object) -> str:
+  if isinstance(value, float):
+    text = repr(value).replace('e-0', 'e-')
+  elif isinstance(value, str):
+    text = repr(value)
+  else:
+    text = str(value)
+  return f'`{text}`'
+
+
+def _meaning(flag: absl_flags.Flag) -> str:
+  meaning = flag.help
+  enum_values = getattr(flag.parser, 'enum_values', None)
+  if enum_values:
+    # absl prefixes enum help with '<a|b>: ' for --help; list the values instead.
+    meaning = meaning.removeprefix('<' + '|'.join(enum_values) + '>: ')
+    meaning += ' One of ' + ', '.join(f'`{value}`' for value in enum_values) + '.'
+  # Markdown: a '|' would split the cell, a '<' could start an HTML tag.
+  return meaning.replace('|', '\\|').replace('<', '\\<')
+
+
+def markdown_table(names: tuple[str, ...]) -> str:
+  """| flag | default | meaning | rows for `names`, from their definitions."""
+  flag_values = absl_flags.FlagValues()
+  flags_lib.define_flags(flag_values)
+  lines = ['| flag | default | meaning |', '|---|---|---|']
+  for name in names:
+    flag = flag_values[name]
+    lines.append(f'| `--{name}` | {_format_default(flag.default)} | {_meaning(flag)} |')
+  return '\n'.join(lines) + '\n'
+
+
+def official_table() -> str:
+  """Table of the 48 flags of google-research/simclr tf2/run.py."""
+  return markdown_table(flags_lib.official_flag_names())
+
+
+def our_table() -> str:
+  """Table of the flags this project adds."""
+  return markdown_table(flags_lib.our_flag_names())
+
+
+def markdown() -> str:
+  """The README section: both tables with their headings."""
+  return (
+      '### Flags of google-research/simclr tf2/run.py\n\n'
+      'Same names, defaults and meanings as the official code, except '
+      '`--use_tpu` (False here).\n\n' + official_table() +
+      '\n### Flags of ours\n\n' + our_table())
+
+
+if __name__ == '__main__':
+  print(markdown(), end='')

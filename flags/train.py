@@ -1,0 +1,61 @@
+"""What to run (mode, objective, starting weights) and how the loop runs."""
+
+from absl import flags as absl_flags
+
+from tf_simclr import config as config_lib
+
+OFFICIAL_FLAGS = ('mode', 'train_mode', 'lineareval_while_pretraining',
+                  'checkpoint', 'zero_init_logits_layer',
+                  'fine_tune_after_block')
+OUR_FLAGS = ('steps_per_loop', 'mixed_precision', 'jit_compile',
+             'deterministic', 'seed', 'log_every_steps')
+
+
+def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+  """Defines this topic's flags on `flag_values`."""
+  absl_flags.DEFINE_enum(
+      'mode', 'train', list(config_lib.MODES),
+      'train, eval (evaluate the checkpoints in --model_dir) or train_then_eval.',
+      flag_values=flag_values)
+  absl_flags.DEFINE_enum(
+      'train_mode', 'pretrain', list(config_lib.TRAIN_MODES),
+      'pretrain: contrastive learning on two views; finetune: supervised '
+      'training of the encoder and head on one view.', flag_values=flag_values)
+  absl_flags.DEFINE_bool(
+      'lineareval_while_pretraining', True,
+      'While pretraining, also train a linear classifier on a stop-gradient of '
+      'the features (for monitoring and eval).', flag_values=flag_values)
+  absl_flags.DEFINE_string(
+      'checkpoint', None,
+      'Checkpoint whose model weights start training (e.g. the pretrained '
+      'model for finetuning); ignored when --model_dir already has one.',
+      flag_values=flag_values)
+  absl_flags.DEFINE_bool(
+      'zero_init_logits_layer', False,
+      'Start the supervised head from zero weights.', flag_values=flag_values)
+  absl_flags.DEFINE_integer(
+      'fine_tune_after_block', -1,
+      'Finetune only the layers after this ResNet block: -1 trains all, 0 all '
+      'but the stem, 4 only the supervised head.', flag_values=flag_values)
+  absl_flags.DEFINE_integer(
+      'steps_per_loop', 0,
+      'Training steps run inside one tf.function call; 0 uses '
+      '--checkpoint_steps when set, else up to 100.', flag_values=flag_values)
+  absl_flags.DEFINE_enum(
+      'mixed_precision', 'float32', list(config_lib.MIXED_PRECISIONS),
+      'Compute dtype: float32, or bfloat16 (mixed_bfloat16 policy, float32 '
+      'variables and loss).', flag_values=flag_values)
+  absl_flags.DEFINE_bool(
+      'jit_compile', False, 'Compile the train step with XLA.',
+      flag_values=flag_values)
+  absl_flags.DEFINE_bool(
+      'deterministic', False,
+      'Make TF ops and the input pipeline deterministic (slower).',
+      flag_values=flag_values)
+  absl_flags.DEFINE_integer(
+      'seed', 0, 'Seed for weights, augmentations and data order.',
+      flag_values=flag_values)
+  absl_flags.DEFINE_integer(
+      'log_every_steps', 0,
+      'Log training metrics every this many steps; 0 logs once per loop.',
+      flag_values=flag_values)
