@@ -250,7 +250,11 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(t.checkpoint_steps >= 0 and t.checkpoint_epochs >= 0,
         '--checkpoint_steps and --checkpoint_epochs must be >= 0.')
   check(t.keep_checkpoint_max >= 1, f'--keep_checkpoint_max={t.keep_checkpoint_max} must be >= 1.')
+  check(t.checkpoint_steps > 0 or t.checkpoint_epochs > 0 or t.mode == 'eval',
+        '--checkpoint_steps=0 and --checkpoint_epochs=0 leave no checkpoint interval; '
+        'set one of them > 0.')
   check(t.steps_per_loop >= 0, f'--steps_per_loop={t.steps_per_loop} must be >= 0.')
+  check(t.log_every_steps >= 0, f'--log_every_steps={t.log_every_steps} must be >= 0.')
   check(t.mixed_precision in MIXED_PRECISIONS,
         f'--mixed_precision={t.mixed_precision!r} is unknown; use float32 or bfloat16.')
   check(bool(t.model_dir), '--model_dir is required: the directory for checkpoints and results.')
