@@ -83,18 +83,17 @@ def nt_xent_loss(
   enlarged_batch_size = tf.shape(hidden1_large)[0]
   labels_idx = tf.range(batch_size) + replica_id * batch_size  # [b] global positives
 
-  inverse_temperature = tf.cast(1.0 / temperature, hidden.dtype)
   # Self-similarity mask: add -LARGE_NUM at (i, g(i)) without a dense [b, B] mask.
   self_indices = tf.stack([tf.range(batch_size), labels_idx], axis=1)  # [b, 2]
-  self_offsets = tf.fill([batch_size], tf.cast(-LARGE_NUM, hidden.dtype))
+  self_offsets = tf.fill([batch_size], tf.constant(-LARGE_NUM, hidden.dtype))
 
   def masked(logits: tf.Tensor) -> tf.Tensor:
     return tf.tensor_scatter_nd_add(logits, self_indices, self_offsets)
 
-  logits_aa = masked(tf.matmul(hidden1, hidden1_large, transpose_b=True) * inverse_temperature)
-  logits_bb = masked(tf.matmul(hidden2, hidden2_large, transpose_b=True) * inverse_temperature)
-  logits_ab = tf.matmul(hidden1, hidden2_large, transpose_b=True) * inverse_temperature
-  logits_ba = tf.matmul(hidden2, hidden1_large, transpose_b=True) * inverse_temperature
+  logits_aa = masked(tf.matmul(hidden1, hidden1_large, transpose_b=True) / temperature)
+  logits_bb = masked(tf.matmul(hidden2, hidden2_large, transpose_b=True) / temperature)
+  logits_ab = tf.matmul(hidden1, hidden2_large, transpose_b=True) / temperature
+  logits_ba = tf.matmul(hidden2, hidden1_large, transpose_b=True) / temperature
 
   # The positive logit of anchor i is logits_ab[i, g(i)] = logits_ba[i, g(i)].
   positive_index = tf.stack([tf.range(batch_size), labels_idx], axis=1)  # [b, 2]

@@ -1,0 +1,167 @@
+"""NT-Xent, contrastive metrics and supervised loss against NumPy float64 references.
+
+The references are written from the SimCLR paper (Chen et al. 2020, eq. 1):
+
+  l(i, j) = -log( exp(sim(z_i, z_j) / t) / sum_{k != i} exp(sim(z_i, z_k) / t) )
+  L = 1 / (2N) * sum_{k=1..N} [ l(2k-1, 2k) + l(2k, 2k-1) ]
+
+over the 2N augmented examples, sim = cosine similarity (hidden_norm=True) or the
+plain dot product (hidden_norm=False). The official code (and ours) returns
+mean_i(loss_a[i] + loss_b[i]) = 2 * L, so the tests compare against 2 * L.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_simclr import losses
+
+
+def paper_nt_xent(hidden: np.ndarray, temperature: float, hidden_norm: bool) -> float:
+  """2 * L of the paper, in float64, for hidden [2N, d] = [view 1; view 2]."""
+  hidden = np.asarray(hidden, np.float64)
+  if hidden_norm:
+    hidden = hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+  num_pairs = hidden.shape[0] // 2
+  similarity = hidden @ hidden.T / temperature  # [2N, 2N]
+  total = 0.0
+  for anchor in range(2 * num_pairs):
+    positive = (anchor + num_pairs) % (2 * num_pairs)
+    others = np.delete(similarity[anchor], anchor)  # k != i
+    log_denominator = np.log(np.sum(np.exp(others - others.max()))) + others.max()
+    total += -(similarity[anchor, positive] - log_denominator)
+  paper_loss = total / (2 * num_pairs)
+  return 2.0 * paper_loss
+
+
+def concat_nt_xent(hidden: tf.Tensor, temperature: float, hidden_norm: bool) -> tf.Tensor:
+  """The straightforward single-device form: concatenated logits + one-hot CE."""
+  if hidden_norm:
+    hidden = tf.math.l2_normalize(hidden, -1)
+  hidden1, hidden2 = tf.split(hidden, 2, 0)
+  batch_size = tf.shape(hidden1)[0]
+  labels = tf.one_hot(tf.range(batch_size), batch_size * 2, dtype=hidden.dtype)
+  masks = tf.one_hot(tf.range(batch_size), batch_size, dtype=hidden.dtype)
+  logits_aa = tf.matmul(hidden1, hidden1, transpose_b=True) / temperature - masks * 1e9
+  logits_bb = tf.matmul(hidden2, hidden2, transpose_b=True) / temperature - masks * 1e9
+  logits_ab = tf.matmul(hidden1, hidden2, transpose_b=True) / temperature
+  logits_ba = tf.matmul(hidden2, hidden1, transpose_b=True) / temperature
+  loss_a = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ab, logits_aa], 1))
+  loss_b = tf.nn.softmax_cross_entropy_with_logits(labels, tf.concat([logits_ba, logits_bb], 1))
+  return tf.reduce_mean(loss_a + loss_b)
+
+
+@pytest.mark.parametrize('batch_size, dim, temperature, hidden_norm', [
+    (1, 3, 0.1, True),
+    (2, 4, 0.5, True),
+    (5, 8, 0.1, True),
+    (16, 32, 1.0, True),
+    (7, 5, 0.2, False),
+    (4, 16, 1.0, False),
+])
+def test_loss_matches_paper_formula(batch_size, dim, temperature, hidden_norm):
+  rng = np.random.default_rng(batch_size * 100 + dim)
+  scale = 1.0 if hidden_norm else 0.3  # keep un-normalised logits moderate
+  hidden = rng.normal(size=(2 * batch_size, dim)) * scale
+  expected = paper_nt_xent(hidden, temperature, hidden_norm)
+  loss, logits_ab, labels = losses.nt_xent_loss(
+      tf.constant(hidden, tf.float32), temperature=temperature, hidden_norm=hidden_norm)
+  assert loss.dtype == tf.float32
+  np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, atol=1e-5)
+  assert logits_ab.shape == (batch_size, batch_size)
+  assert labels.shape == (batch_size, 2 * batch_size)
+  np.testing.assert_array_equal(labels.numpy(), np.eye(batch_size, 2 * batch_size))
+  normalised = hidden / np.linalg.norm(hidden, axis=1, keepdims=True) if hidden_norm else hidden
+  expected_logits_ab = normalised[:batch_size] @ normalised[batch_size:].T / temperature
+  np.testing.assert_allclose(logits_ab.numpy(), expected_logits_ab, rtol=1e-5, atol=1e-5)
+
+
+def test_loss_float64_is_exact():
+  rng = np.random.default_rng(0)
+  hidden = rng.normal(size=(12, 6))
+  loss, _, _ = losses.nt_xent_loss(tf.constant(hidden), temperature=0.3)
+  assert loss.dtype == tf.float64
+  np.testing.assert_allclose(loss.numpy(), paper_nt_xent(hidden, 0.3, True), rtol=1e-12)
+
+
+def test_logsumexp_form_equals_concatenation_and_official_scale():
+  # Larger batch with low temperature: the logsumexp combination must match the
+  # official concatenation in float32 (values and gradients).
+  rng = np.random.default_rng(1)
+  hidden = tf.constant(rng.normal(size=(256, 64)), tf.float32)
+  for temperature in (0.05, 0.5):
+    with tf.GradientTape(persistent=True) as tape:
+      tape.watch(hidden)
+      ours, _, _ = losses.nt_xent_loss(hidden, temperature=temperature)
+      reference = concat_nt_xent(hidden, temperature, True)
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(tape.gradient(ours, hidden).numpy(),
+                               tape.gradient(reference, hidden).numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_bfloat16_input_is_computed_in_float32():
+  rng = np.random.default_rng(2)
+  hidden = rng.normal(size=(8, 16)).astype(np.float32)
+  bf16 = tf.cast(tf.constant(hidden), tf.bfloat16)
+  loss, logits_ab, labels = losses.nt_xent_loss(bf16, temperature=0.1)
+  assert loss.dtype == logits_ab.dtype == labels.dtype == tf.float32
+  rounded = tf.cast(bf16, tf.float32).numpy().astype(np.float64)
+  np.testing.assert_allclose(loss.numpy(), paper_nt_xent(rounded, 0.1, True), rtol=1e-5)
+
+
+@pytest.mark.parametrize('hidden_norm', [True, False])
+def test_gradient_matches_finite_differences(hidden_norm):
+  rng = np.random.default_rng(3)
+  temperature = 0.5
+  hidden = rng.normal(size=(6, 4)) * (1.0 if hidden_norm else 0.5)
+  hidden_tensor = tf.constant(hidden, tf.float64)
+  with tf.GradientTape() as tape:
+    tape.watch(hidden_tensor)
+    loss, _, _ = losses.nt_xent_loss(hidden_tensor, temperature=temperature,
+                                     hidden_norm=hidden_norm)
+  gradient = tape.gradient(loss, hidden_tensor).numpy()
+  step = 1e-6
+  numeric = np.zeros_like(hidden)
+  for index in np.ndindex(*hidden.shape):
+    plus, minus = hidden.copy(), hidden.copy()
+    plus[index] += step
+    minus[index] -= step
+    numeric[index] = (paper_nt_xent(plus, temperature, hidden_norm)
+                      - paper_nt_xent(minus, temperature, hidden_norm)) / (2 * step)
+  np.testing.assert_allclose(gradient, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_contrastive_metrics_match_numpy():
+  rng = np.random.default_rng(4)
+  batch_size = 10
+  hidden = rng.normal(size=(2 * batch_size, 8))
+  hidden[batch_size:] = hidden[:batch_size] + rng.normal(size=(batch_size, 8)) * 0.8
+  loss, logits_ab, labels = losses.nt_xent_loss(tf.constant(hidden, tf.float32), temperature=0.2)
+  metrics = losses.contrastive_metrics(logits_ab, labels)
+
+  normalised = hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+  logits = normalised[:batch_size] @ normalised[batch_size:].T / 0.2
+  expected_acc = np.mean(np.argmax(logits, axis=1) == np.arange(batch_size))
+  assert 0.0 < expected_acc < 1.0  # the data make the test informative
+  probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+  probabilities /= probabilities.sum(axis=1, keepdims=True)
+  expected_entropy = -np.mean(np.sum(probabilities * np.log(probabilities + 1e-8), axis=1))
+  np.testing.assert_allclose(metrics['contrast_acc'].numpy(), expected_acc, rtol=1e-6)
+  np.testing.assert_allclose(metrics['contrast_entropy'].numpy(), expected_entropy, rtol=1e-5)
+
+
+def test_supervised_loss_and_accuracy_match_numpy():
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(9, 5)) * 3
+  classes = rng.integers(0, 5, size=9)
+  onehot = np.eye(5)[classes]
+  log_probabilities = logits - logits.max(1, keepdims=True)
+  log_probabilities -= np.log(np.exp(log_probabilities).sum(1, keepdims=True))
+  expected_loss = -np.mean(log_probabilities[np.arange(9), classes])
+  expected_acc = np.mean(np.argmax(logits, 1) == classes)
+  loss = losses.supervised_loss(tf.constant(onehot, tf.float32), tf.constant(logits, tf.float32))
+  acc = losses.supervised_accuracy(tf.constant(onehot, tf.float32), tf.constant(logits, tf.float32))
+  np.testing.assert_allclose(loss.numpy(), expected_loss, rtol=1e-5)
+  np.testing.assert_allclose(acc.numpy(), expected_acc, rtol=1e-7)
+  bf16_loss = losses.supervised_loss(onehot, tf.cast(logits, tf.bfloat16))
+  assert bf16_loss.dtype == tf.float32
