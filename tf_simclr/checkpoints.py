@@ -1,0 +1,243 @@
+"""Checkpoints and result files of a run.
+
+A training checkpoint holds the model, the optimizer (its slots and `iterations`,
+which is the global step) and the input iterators, in a `tf.train.CheckpointManager`
+under `model_dir`, so a restarted run continues at the same step, learning rate and
+data position. Under MultiWorkerMirroredStrategy every worker must take part in
+`save` (it runs collectives); only the chief writes to `model_dir`, the others to a
+temporary directory that is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping, Optional
+
+import tensorflow as tf
+
+from tf_simclr import config as config_lib
+
+# Flags that change variable shapes or the model structure; a checkpoint written
+# with other values cannot be loaded.
+MODEL_STRUCTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
+                         'proj_head_mode', 'proj_out_dim', 'num_proj_layers')
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+  """Writes `data` as JSON to `path` via a temporary file and a rename.
+
+  A reader never sees a half-written file, even if the process dies mid-write.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  text = data if isinstance(data, str) else json.dumps(
+      to_json_compatible(data), indent=2, sort_keys=True)
+  file_descriptor, temp_path = tempfile.mkstemp(
+      prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
+  try:
+    with os.fdopen(file_descriptor, 'w', encoding='utf-8') as json_file:
+      json_file.write(text)
+      json_file.write('\n')
+    os.replace(temp_path, path)
+  except BaseException:
+    if os.path.exists(temp_path):
+      os.remove(temp_path)
+    raise
+
+
+def to_json_compatible(value: Any) -> Any:
+  """NumPy / TF scalars and arrays -> plain Python numbers and lists."""
+  if isinstance(value, Mapping):
+    return {str(key): to_json_compatible(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [to_json_compatible(item) for item in value]
+  if isinstance(value, tf.Tensor):
+    value = value.numpy()
+  if hasattr(value, 'tolist'):  # NumPy arrays and scalars.
+    return to_json_compatible(value.tolist())
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True on the worker that writes files (always, except non-chief MWMS workers)."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.cluster_spec().as_dict():
+    return True
+  task_type, task_id = resolver.task_type, resolver.task_id
+  if task_type in (None, 'chief'):
+    return True
+  has_chief = 'chief' in resolver.cluster_spec().as_dict()
+  return task_type == 'worker' and task_id == 0 and not has_chief
+
+
+def resolve_checkpoint(path: str, flag_name: str = '--checkpoint') -> str:
+  """A checkpoint file prefix from a prefix or a directory holding checkpoints.
+
+  Raises:
+    FileNotFoundError: nothing loadable at `path`.
+  """
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise FileNotFoundError(
+          f'{flag_name}={path} is a directory without checkpoints; pass a model_dir '
+          f'that holds ckpt-* files or a checkpoint file prefix such as {path}/ckpt-100.')
+    return latest
+  if tf.io.gfile.exists(path + '.index'):
+    return path
+  if path.endswith('.index') and tf.io.gfile.exists(path):
+    return path[:-len('.index')]
+  raise FileNotFoundError(
+      f'{flag_name}={path} does not exist; pass a checkpoint file prefix '
+      f'(e.g. model_dir/ckpt-100) or a directory holding checkpoints.')
+
+
+def checkpoint_step(checkpoint_path: str) -> int:
+  """The global step stored in a training checkpoint (0 when it has none)."""
+  reader = tf.train.load_checkpoint(checkpoint_path)
+  for key in ('global_step/.ATTRIBUTES/VARIABLE_VALUE',
+              'optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE'):
+    if reader.has_tensor(key):
+      return int(reader.get_tensor(key))
+  return 0
+
+
+def checkpoint_keys(checkpoint_path: str) -> dict[str, list[int]]:
+  """{variable key: shape} of a checkpoint."""
+  return dict(tf.train.list_variables(checkpoint_path))
+
+
+def checkpoint_has_object(checkpoint_path: str, object_path: tuple[str, ...]) -> bool:
+  """Whether the checkpoint's object graph has `object_path` (e.g. ('model', 'encoder')).
+
+  Variable keys alone cannot tell: a variable reachable along several paths (model
+  and optimizer) is stored under one of them only.
+  """
+  from tensorflow.core.protobuf import trackable_object_graph_pb2  # pylint: disable=g-import-not-at-top
+  reader = tf.train.load_checkpoint(checkpoint_path)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+  node = graph.nodes[0]
+  for name in object_path:
+    children = {child.local_name: child.node_id for child in node.children}
+    if name not in children:
+      return False
+    node = graph.nodes[children[name]]
+  return True
+
+
+def read_run_flags(checkpoint_path: str) -> Optional[dict[str, Any]]:
+  """The flat {flag: value} of the `flags.json` next to a checkpoint, if any."""
+  flags_path = os.path.join(os.path.dirname(checkpoint_path), 'flags.json')
+  if not tf.io.gfile.exists(flags_path):
+    return None
+  try:
+    with tf.io.gfile.GFile(flags_path) as json_file:
+      values = json.load(json_file)
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    return None
+  if not isinstance(values, dict):
+    return None
+  flat: dict[str, Any] = {}
+  for key, value in values.items():  # Nested `Config.to_dict` files too.
+    if isinstance(value, dict):
+      flat.update(value)
+    else:
+      flat[key] = value
+  return flat
+
+
+def check_compatible(checkpoint_path: str, config: config_lib.Config) -> None:
+  """Raises ValueError when the run that wrote the checkpoint built another model.
+
+  Compares the model-structure flags of the `flags.json` next to the checkpoint
+  (when present) with `config`, e.g. 'checkpoint X has resnet_depth 50 but
+  --resnet_depth=18'.
+  """
+  run_flags = read_run_flags(checkpoint_path)
+  if run_flags is None:
+    return
+  ours = config.flat_dict()
+  for name in MODEL_STRUCTURE_FLAGS:
+    if name in run_flags and run_flags[name] != ours[name]:
+      raise ValueError(
+          f'checkpoint {checkpoint_path} has {name} {run_flags[name]} but '
+          f'--{name}={ours[name]}; use --{name}={run_flags[name]} or another checkpoint.')
+
+
+def restore_or_explain(checkpoint: tf.train.Checkpoint, checkpoint_path: str) -> Any:
+  """`checkpoint.restore(path)`; a shape mismatch becomes one clear ValueError line."""
+  try:
+    status = checkpoint.restore(checkpoint_path)
+    status.assert_existing_objects_matched()
+    return status.expect_partial()
+  except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as error:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    raise ValueError(
+        f'checkpoint {checkpoint_path} does not match this model ({first_line[:300]}); '
+        f'check --{", --".join(MODEL_STRUCTURE_FLAGS)} against the run that wrote it.'
+    ) from None
+
+
+def iterator_trackables(iterator: Any) -> dict[str, Any]:
+  """The checkpointable per-replica input iterators inside `iterator`.
+
+  `tf.distribute` iterators are not checkpointable themselves in TF 2.21, but with
+  `InputReplicationMode.PER_REPLICA` and `experimental_fetch_to_device=False` each
+  replica reads its own `tf.data` iterator, which is. Returns {} when the iterator
+  layout is unknown (the data then restart from the beginning on resume).
+  """
+  if isinstance(iterator, tf.data.Iterator):
+    return {'replica_0': iterator}
+  inner = []
+  for worker_iterator in getattr(iterator, '_iterators', ()) or ():
+    data_iterator = getattr(worker_iterator, '_iterator', None)
+    if not isinstance(data_iterator, tf.data.Iterator):
+      return {}
+    inner.append(data_iterator)
+  return {f'replica_{index}': data_iterator for index, data_iterator in enumerate(inner)}
+
+
+class CheckpointSaver:
+  """A `tf.train.CheckpointManager` under `model_dir` that every worker may call.
+
+  On the chief it saves to `model_dir`; on other MultiWorkerMirroredStrategy workers
+  it saves to a temporary directory (the save runs collectives, so all must call)
+  that `close` deletes.
+  """
+
+  def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str,
+               keep_checkpoint_max: int, strategy: tf.distribute.Strategy) -> None:
+    self.chief = is_chief(strategy)
+    if self.chief:
+      self.directory = model_dir
+      self._temp_dir = None
+    else:
+      self._temp_dir = tempfile.mkdtemp(prefix='tf_simclr_worker_ckpt_')
+      self.directory = self._temp_dir
+    self.checkpoint = checkpoint
+    self.manager = tf.train.CheckpointManager(
+        checkpoint, directory=self.directory,
+        max_to_keep=keep_checkpoint_max if self.chief else 1)
+    # Non-chief workers resume from the chief's checkpoints.
+    self._read_manager = self.manager if self.chief else tf.train.CheckpointManager(
+        checkpoint, directory=model_dir, max_to_keep=keep_checkpoint_max)
+
+  @property
+  def latest_checkpoint(self) -> Optional[str]:
+    return self._read_manager.latest_checkpoint
+
+  def save(self, step: int) -> str:
+    """Saves as `ckpt-<step>`; returns the path (a temporary one off the chief)."""
+    return self.manager.save(checkpoint_number=step)
+
+  def close(self) -> None:
+    if self._temp_dir is not None:
+      shutil.rmtree(self._temp_dir, ignore_errors=True)
+      self._temp_dir = None

@@ -1,0 +1,210 @@
+"""Evaluation of checkpoints: linear / finetuned top-1 and top-5, or contrastive metrics.
+
+`evaluate` restores one checkpoint into a freshly built model and runs the eval split
+once: every example counts exactly once (the data module pads the last batch with
+mask 0; counts are mask-weighted and summed over replicas). A pretrain-only checkpoint
+(--lineareval_while_pretraining=False) has no trained classifier; then the contrastive
+loss and accuracy on two augmented views of the eval split are reported instead, and
+`linear_eval` says why there is no top-1.
+
+`evaluate_continuously` (--mode=eval) evaluates each new checkpoint of `model_dir`
+until one reaches the last training step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import tensorflow as tf
+
+from tf_simclr import checkpoints
+from tf_simclr import config as config_lib
+from tf_simclr import losses
+from tf_simclr import metrics as metrics_lib
+from tf_simclr import optim
+from tf_simclr import train as train_lib
+
+InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+
+DEFAULT_EVAL_TIMEOUT_SECS = 3600.0
+NO_LINEAR_EVAL = ('not available: the checkpoint has no trained supervised head '
+                  '(pretrained with --lineareval_while_pretraining=False); finetune it '
+                  '(--train_mode=finetune --checkpoint=...) or pretrain with '
+                  '--lineareval_while_pretraining')
+
+
+def eval_input_fn(config: config_lib.Config, *, two_views: bool = False) -> InputFn:
+  """The eval-split input function: one view, finite and padded (or two views)."""
+  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
+  return data_lib.build_input_fn(
+      config.data, split=config.data.eval_split, is_training=two_views,
+      train_mode='pretrain' if two_views else 'finetune',
+      global_batch_size=config.train.eval_batch_size, seed=config.train.seed)
+
+
+def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
+             checkpoint_path: Optional[str] = None, *,
+             input_fn: Optional[InputFn] = None,
+             data_sizes: Optional[Any] = None,
+             write_results: bool = True,
+             verbose: bool = True) -> dict[str, Any]:
+  """Evaluates one checkpoint (default: the latest in model_dir).
+
+  Writes eval summaries to model_dir and, on the chief, `result.json` and
+  `result_<step>.json` (atomically).
+
+  Args:
+    config: the run's configuration.
+    strategy: the tf.distribute strategy.
+    checkpoint_path: a checkpoint prefix or directory; default `model_dir`.
+    input_fn: overrides the eval input function (tests).
+    data_sizes: overrides `get_dataset_info`.
+    write_results: write result files and summaries.
+    verbose: print the result line.
+
+  Returns:
+    {'eval/label_top_1_accuracy', 'eval/label_top_5_accuracy',
+     'eval/regularization_loss', 'global_step', 'num_examples'} for a model with a
+    trained supervised head; otherwise 'eval/contrast_loss', 'eval/contrast_acc',
+    'eval/contrast_entropy' and 'linear_eval' (why top-1 is missing).
+
+  Raises:
+    FileNotFoundError: no checkpoint at the path.
+    ValueError: the checkpoint does not fit the configured model.
+  """
+  train_config = config.train
+  config_lib.validate(config, strategy.num_replicas_in_sync)
+  checkpoint_path = checkpoints.resolve_checkpoint(
+      checkpoint_path or train_config.model_dir,
+      '--checkpoint' if checkpoint_path else '--model_dir')
+  checkpoints.check_compatible(checkpoint_path, config)
+  sizes = data_sizes or train_lib.dataset_info(config)
+  # Evaluate what the checkpoint holds, whatever --lineareval_while_pretraining says.
+  has_head = checkpoints.checkpoint_has_object(checkpoint_path, ('model', 'supervised_head'))
+  if not has_head and train_config.train_mode == 'finetune':
+    raise ValueError(f'checkpoint {checkpoint_path} has no supervised head; evaluate it '
+                     'with --train_mode=pretrain, or finetune it first.')
+  eval_config = config_lib.replace(config, train={'lineareval_while_pretraining': has_head})
+
+  with strategy.scope():
+    model = train_lib.build_model_for(eval_config, sizes.num_classes)
+  checkpoints.restore_or_explain(tf.train.Checkpoint(model=model), checkpoint_path)
+  global_step = checkpoints.checkpoint_step(checkpoint_path)
+  regularization_loss = float(optim.weight_decay_loss(model, config.optim))
+
+  if has_head:
+    input_fn = input_fn or eval_input_fn(config)
+    names = ('count', 'top_1', 'top_5')
+
+    def eval_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+      logits = model(batch['image'], training=False)['logits_sup']
+      mask = batch['mask']
+      return tf.stack([tf.reduce_sum(mask),
+                       metrics_lib.top_k_correct(batch['label'], logits, mask, 1),
+                       metrics_lib.top_k_correct(batch['label'], logits, mask, 5)])
+    max_steps = train_config.eval_steps or None
+  else:
+    input_fn = input_fn or eval_input_fn(config, two_views=True)
+    names = ('count', 'contrast_loss', 'contrast_acc', 'contrast_entropy')
+
+    def eval_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+      projection = model(batch['image'], training=False)['proj_head_output']
+      loss, logits_ab, labels = losses.nt_xent_loss(
+          tf.cast(projection, tf.float32), temperature=config.loss.temperature,
+          hidden_norm=config.loss.hidden_norm,
+          replica_context=tf.distribute.get_replica_context())
+      contrast = losses.contrastive_metrics(logits_ab, labels)
+      count = tf.cast(tf.shape(batch['mask'])[0], tf.float32)
+      return tf.stack([count, loss * count, contrast['contrast_acc'] * count,
+                       contrast['contrast_entropy'] * count])
+    # The two-view input repeats: one pass over the split.
+    max_steps = train_config.eval_steps or max(
+        1, sizes.num_eval_examples // train_config.eval_batch_size)
+
+  @tf.function
+  def distributed_eval_step(batch: Any) -> tf.Tensor:
+    per_replica = strategy.run(eval_step, args=(batch,))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+  dataset = strategy.distribute_datasets_from_function(input_fn)
+  accumulator = metrics_lib.EvalAccumulator()
+  start = time.perf_counter()
+  for step_index, batch in enumerate(dataset):
+    if max_steps is not None and step_index >= max_steps:
+      break
+    accumulator.add(metrics_lib.unpack(distributed_eval_step(batch).numpy(), names))
+  if has_head:
+    result: dict[str, Any] = {
+        'eval/label_top_1_accuracy': accumulator.ratio('top_1'),
+        'eval/label_top_5_accuracy': accumulator.ratio('top_5'),
+    }
+  else:
+    result = {f'eval/{name}': accumulator.ratio(name) for name in names[1:]}
+    result['linear_eval'] = NO_LINEAR_EVAL
+  result['eval/regularization_loss'] = regularization_loss
+  result['global_step'] = global_step
+  result['num_examples'] = int(accumulator.total('count'))
+  result['checkpoint'] = checkpoint_path
+  if verbose and checkpoints.is_chief(strategy):
+    shown = ', '.join(f'{key} {value:.4f}' for key, value in result.items()
+                      if key.startswith('eval/'))
+    print(f'eval at step {global_step} on {result["num_examples"]} examples '
+          f'({time.perf_counter() - start:.1f} s): {shown}', flush=True)
+    if not has_head:
+      print(f'linear eval {NO_LINEAR_EVAL}.', flush=True)
+  if write_results and checkpoints.is_chief(strategy):
+    write_eval_results(train_config.model_dir, result)
+  return result
+
+
+def write_eval_results(model_dir: str, result: dict[str, Any]) -> None:
+  """TensorBoard scalars plus result.json and result_<step>.json in model_dir."""
+  step = int(result['global_step'])
+  writer = tf.summary.create_file_writer(model_dir)
+  with writer.as_default():
+    for key, value in result.items():
+      if key.startswith('eval/'):
+        tf.summary.scalar(key, value, step=step)
+  writer.close()
+  checkpoints.write_json_atomic(os.path.join(model_dir, f'result_{step}.json'), result)
+  checkpoints.write_json_atomic(os.path.join(model_dir, 'result.json'), result)
+
+
+def evaluate_continuously(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
+                          timeout_secs: float = DEFAULT_EVAL_TIMEOUT_SECS,
+                          min_interval_secs: float = 1.0,
+                          data_sizes: Optional[Any] = None,
+                          input_fn: Optional[InputFn] = None) -> Optional[dict[str, Any]]:
+  """Evaluates each new checkpoint of model_dir until the last training step.
+
+  Stops after the checkpoint of step `total_train_steps`, or when no new checkpoint
+  appears for `timeout_secs`.
+
+  Returns:
+    The last result, or None when no checkpoint appeared.
+
+  Raises:
+    FileNotFoundError: model_dir does not exist or no checkpoint appeared in time.
+  """
+  model_dir = config.train.model_dir
+  if not tf.io.gfile.isdir(model_dir):
+    raise FileNotFoundError(f'--model_dir={model_dir} does not exist; --mode=eval '
+                            'evaluates the checkpoints a training run writes there.')
+  sizes = data_sizes or train_lib.dataset_info(config)
+  total_steps = optim.total_train_steps(config.train, sizes.num_train_examples)
+  result = None
+  for checkpoint_path in tf.train.checkpoints_iterator(
+      model_dir, min_interval_secs=min_interval_secs, timeout=timeout_secs):
+    result = evaluate(config, strategy, checkpoint_path, data_sizes=sizes, input_fn=input_fn)
+    if result['global_step'] >= total_steps:
+      break
+  if result is None:
+    raise FileNotFoundError(f'no checkpoint appeared in --model_dir={model_dir} within '
+                            f'{timeout_secs:.0f} s.')
+  if result['global_step'] < total_steps:
+    print(f'note: no new checkpoint for {timeout_secs:.0f} s; stopped at step '
+          f'{result["global_step"]} of {total_steps}.', file=sys.stderr, flush=True)
+  return result

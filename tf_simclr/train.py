@@ -1,0 +1,331 @@
+"""The training loop: pretraining (NT-Xent) or finetuning, on any tf.distribute strategy.
+
+`train(config, strategy)` reads top to bottom:
+
+1. data: dataset info, the step budget, one distributed input iterator;
+2. model + optimizer built inside `strategy.scope()` (the optimizer is built on the
+   model's variables before the first step, as Keras 3 requires);
+3. restore: the latest checkpoint of `model_dir` (model, optimizer, step, input
+   position), else the weights of `--checkpoint`, else a fresh start;
+4. loops of `steps_per_loop` steps, each one `tf.function` call; after each loop a
+   progress line, TensorBoard summaries, and at checkpoint steps a checkpoint (and a
+   hub export);
+5. a final checkpoint; returns the last loop's metrics.
+
+Each replica divides its loss by the number of replicas; Keras 3's `apply_gradients`
+inside `strategy.run` sums gradients over replicas, so the update uses the gradient of
+the global-batch mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import sys
+from typing import Any, Callable, Optional
+
+import keras
+import tensorflow as tf
+
+from tf_simclr import checkpoints
+from tf_simclr import config as config_lib
+from tf_simclr import losses
+from tf_simclr import metrics as metrics_lib
+from tf_simclr import optim
+from tf_simclr import progress as progress_lib
+from tf_simclr.models import SimCLRModel, build_model
+
+InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+
+
+DEFAULT_MAX_STEPS_PER_LOOP = 100
+SAVED_MODEL_DIRNAME = 'saved_model'
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSizes:
+  """What the loop needs to know about a data set (`data.DatasetInfo` fits)."""
+  num_train_examples: int
+  num_eval_examples: int
+  num_classes: int
+
+
+def dataset_info(config: config_lib.Config) -> Any:
+  """`tf_simclr.data.get_dataset_info(config.data)` (imported on use)."""
+  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
+  return data_lib.get_dataset_info(config.data)
+
+
+def train_input_fn(config: config_lib.Config) -> InputFn:
+  """The training input function of the data module for `config`."""
+  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
+  return data_lib.build_input_fn(
+      config.data, split=config.data.train_split, is_training=True,
+      train_mode=config.train.train_mode,
+      global_batch_size=config.train.train_batch_size, seed=config.train.seed)
+
+
+def input_options(strategy: tf.distribute.Strategy) -> Optional[tf.distribute.InputOptions]:
+  """Per-replica input under MirroredStrategy, so each replica owns a checkpointable
+  tf.data iterator; the default elsewhere (MultiWorkerMirroredStrategy does not
+  support it: there the input position is not checkpointed)."""
+  if isinstance(strategy, tf.distribute.MirroredStrategy):
+    return tf.distribute.InputOptions(
+        experimental_fetch_to_device=False,
+        experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+  return None
+
+
+def steps_per_loop(train_config: config_lib.TrainConfig, checkpoint_steps: int) -> int:
+  """Steps per `tf.function` call: --steps_per_loop, else --checkpoint_steps, else <= 100."""
+  if train_config.steps_per_loop:
+    steps = train_config.steps_per_loop
+  elif train_config.checkpoint_steps:
+    steps = train_config.checkpoint_steps
+  else:
+    steps = min(DEFAULT_MAX_STEPS_PER_LOOP, checkpoint_steps)
+  if train_config.log_every_steps:
+    steps = min(steps, train_config.log_every_steps)
+  return max(1, steps)
+
+
+def build_model_for(config: config_lib.Config, num_classes: int) -> SimCLRModel:
+  """`build_model` under the --mixed_precision dtype policy (call in strategy.scope())."""
+  previous_policy = keras.config.dtype_policy()
+  if config.train.mixed_precision == 'bfloat16':
+    keras.config.set_dtype_policy('mixed_bfloat16')
+  try:
+    return build_model(config, num_classes)
+  finally:
+    keras.config.set_dtype_policy(previous_policy)
+
+
+def restore_pretrained(model: SimCLRModel, checkpoint_path: str,
+                       config: config_lib.Config) -> None:
+  """Loads `--checkpoint` weights into `model` (no optimizer state, no step).
+
+  Finetuning loads the encoder and projection head only (as the official code, whose
+  pretrain checkpoints feed finetuning) and keeps the fresh supervised head;
+  pretraining loads every part the checkpoint has. `--zero_init_logits_layer` zeroes
+  the supervised head afterwards.
+
+  Raises:
+    ValueError: the checkpoint was written for another model structure.
+  """
+  checkpoints.check_compatible(checkpoint_path, config)
+  parts = {'encoder': model.encoder, 'projection_head': model.projection_head}
+  if config.train.train_mode == 'pretrain' and model.supervised_head is not None:
+    if checkpoints.checkpoint_has_object(checkpoint_path, ('model', 'supervised_head')):
+      parts['supervised_head'] = model.supervised_head
+  checkpoints.restore_or_explain(
+      tf.train.Checkpoint(model=tf.train.Checkpoint(**parts)), checkpoint_path)
+  if config.train.zero_init_logits_layer and model.supervised_head is not None:
+    model.supervised_head.reset_to_zeros()
+
+
+def export_hub_module(model: SimCLRModel, config: config_lib.Config, step: int) -> Optional[str]:
+  """Exports the encoder to model_dir/saved_model/<step>/, keeping the newest ones.
+
+  Keeps `keep_hub_module_max` exports (0 keeps all, as the official code). Returns
+  the export directory, or None (with a note on stderr) when `hub_export` is missing.
+  """
+  try:
+    import hub_export  # pylint: disable=g-import-not-at-top
+    export_encoder = hub_export.export_encoder
+  except (ImportError, AttributeError) as error:
+    print(f'note: hub export skipped ({error}).', file=sys.stderr, flush=True)
+    return None
+  export_root = os.path.join(config.train.model_dir, SAVED_MODEL_DIRNAME)
+  export_dir = export_encoder(model, os.path.join(export_root, str(step)),
+                              image_size=config.data.image_size, overwrite=True)
+  keep = config.export.keep_hub_module_max
+  if keep > 0:
+    steps = sorted(int(name) for name in os.listdir(export_root) if re.fullmatch(r'\d+', name))
+    for old_step in steps[:-keep]:
+      shutil.rmtree(os.path.join(export_root, str(old_step)), ignore_errors=True)
+  return export_dir
+
+
+def _write_augmentation_images(config: config_lib.Config, input_fn: InputFn,
+                               writer: Any, step: int) -> None:
+  """One image summary 'train/augmented_views' of a fresh training batch (pretrain)."""
+  if config.train.train_mode != 'pretrain':
+    return
+  try:
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=1)
+    batch = next(iter(input_fn(context)))
+    images = batch['image']  # [2b, H, W, 3]: view 1 rows, then view 2 rows.
+    half = images.shape[0] // 2
+    count = min(4, half)
+    # Pairs side by side: [count, H, 2W, 3].
+    pairs = tf.concat([images[:count], images[half:half + count]], axis=2)
+    with writer.as_default():
+      tf.summary.image('train/augmented_views', tf.clip_by_value(pairs, 0.0, 1.0),
+                       step=step, max_outputs=count)
+  except (tf.errors.OpError, ValueError, KeyError, StopIteration) as error:
+    print(f'note: augmentation image summary skipped ({error}).', file=sys.stderr)
+
+
+def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
+          input_fn: Optional[InputFn] = None,
+          data_sizes: Optional[Any] = None,
+          verbose: bool = True) -> dict[str, float]:
+  """Trains per `config` under `strategy`; returns the last loop's metrics.
+
+  Args:
+    config: the run's configuration; `config.train.model_dir` receives checkpoints,
+      summaries and exports.
+    strategy: a tf.distribute strategy (created before any TF op).
+    input_fn: overrides the data module's training input function (tests feed fixed
+      batches this way); per-replica batches of {'image', 'label', 'mask'}.
+    data_sizes: overrides `get_dataset_info` (any object with num_train_examples,
+      num_eval_examples, num_classes).
+    verbose: print the progress line.
+
+  Returns:
+    {'global_step': ..., 'learning_rate': ..., 'train/<metric>': ...}.
+
+  Raises:
+    ValueError / FileNotFoundError: one line naming the flag or file at fault.
+  """
+  train_config = config.train
+  num_replicas = strategy.num_replicas_in_sync
+  config_lib.validate(config, num_replicas)
+  model_dir = train_config.model_dir
+  chief = checkpoints.is_chief(strategy)
+  pretrain = train_config.train_mode == 'pretrain'
+
+  # 1. Data and step budget.
+  sizes = data_sizes or dataset_info(config)
+  total_steps = optim.total_train_steps(train_config, sizes.num_train_examples)
+  checkpoint_steps = optim.checkpoint_interval_steps(train_config, sizes.num_train_examples)
+  loop_steps = steps_per_loop(train_config, checkpoint_steps)
+  input_fn = input_fn or train_input_fn(config)
+  pretrained_path = None
+  if train_config.checkpoint:
+    pretrained_path = checkpoints.resolve_checkpoint(train_config.checkpoint)
+  keras.utils.set_random_seed(train_config.seed)
+  if train_config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  dataset = strategy.distribute_datasets_from_function(
+      input_fn, options=input_options(strategy))
+  iterator = iter(dataset)
+
+  # 2. Model and optimizer, built before the first step.
+  with strategy.scope():
+    model = build_model_for(config, sizes.num_classes)
+    learning_rate = optim.WarmUpAndCosineDecay(
+        config.optim.learning_rate, sizes.num_train_examples,
+        train_config.train_batch_size, config.optim.warmup_epochs, total_steps,
+        config.optim.learning_rate_scaling)
+    optimizer = optim.build_optimizer(config.optim, learning_rate)
+    optimizer.build(model.trainable_variables)
+  supervised = model.supervised_head is not None
+  metric_names = metrics_lib.train_metric_names(pretrain, supervised)
+
+  # 3. Restore: own latest checkpoint, else --checkpoint weights, else fresh.
+  checkpoint = tf.train.Checkpoint(
+      model=model, optimizer=optimizer, global_step=optimizer.iterations,
+      input_iterators=tf.train.Checkpoint(**checkpoints.iterator_trackables(iterator)))
+  saver = checkpoints.CheckpointSaver(checkpoint, model_dir,
+                                      train_config.keep_checkpoint_max, strategy)
+  last_saved_step = -1
+  if saver.latest_checkpoint:
+    checkpoint.restore(saver.latest_checkpoint).expect_partial()
+    last_saved_step = int(optimizer.iterations.numpy())
+    if verbose and chief:
+      print(f'Resuming from {saver.latest_checkpoint}.', flush=True)
+  elif pretrained_path:
+    restore_pretrained(model, pretrained_path, config)
+    if verbose and chief:
+      print(f'Starting from the weights of {pretrained_path}.', flush=True)
+  step = int(optimizer.iterations.numpy())
+
+  # 4. The step function and the multi-step loop.
+  def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+    images, labels = batch['image'], batch['label']
+    values = {}
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      loss = tf.constant(0.0)
+      if pretrain:
+        contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
+            tf.cast(outputs['proj_head_output'], tf.float32),
+            temperature=config.loss.temperature, hidden_norm=config.loss.hidden_norm,
+            replica_context=tf.distribute.get_replica_context())
+        values['contrast_loss'] = contrast_loss
+        values.update(losses.contrastive_metrics(logits_ab, contrast_labels))
+        loss += contrast_loss
+      if supervised:
+        # Pretraining feeds two views: the labels hold for both.
+        sup_labels = tf.concat([labels, labels], 0) if pretrain else labels
+        logits = tf.cast(outputs['logits_sup'], tf.float32)
+        values['supervised_loss'] = losses.supervised_loss(sup_labels, logits)
+        values['supervised_acc'] = losses.supervised_accuracy(sup_labels, logits)
+        loss += values['supervised_loss']
+      values['weight_decay'] = optim.weight_decay_loss(model, config.optim)
+      loss += values['weight_decay']
+      values['total_loss'] = loss
+      scaled_loss = loss / num_replicas
+    variables = model.trainable_variables
+    gradients = tape.gradient(scaled_loss, variables)
+    optimizer.apply_gradients(zip(gradients, variables))
+    return metrics_lib.pack(values, metric_names)
+
+  step_fn = tf.function(train_step, jit_compile=True) if train_config.jit_compile else train_step
+
+  @tf.function
+  def train_loop(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+    sums = tf.zeros([len(metric_names)], tf.float32)
+    for _ in tf.range(num_steps):
+      per_replica = strategy.run(step_fn, args=(next(iterator),))
+      sums += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+    return sums
+
+  writer = (tf.summary.create_file_writer(model_dir) if chief
+            else tf.summary.create_noop_writer())
+  if chief and step == 0:
+    _write_augmentation_images(config, input_fn, writer, step)
+  progress = progress_lib.Progress(total_steps, train_config.train_batch_size, step)
+  result: dict[str, float] = {}
+  try:
+    while step < total_steps:
+      next_checkpoint = (step // checkpoint_steps + 1) * checkpoint_steps
+      num_steps = min(loop_steps, next_checkpoint - step, total_steps - step)
+      sums = train_loop(iterator, tf.constant(num_steps, tf.int32))
+      step = int(optimizer.iterations.numpy())
+      loop_metrics = metrics_lib.unpack(sums.numpy() / num_steps, metric_names)
+      current_lr = float(learning_rate(step))
+      result = {'global_step': step, 'learning_rate': current_lr,
+                **{f'train/{name}': value for name, value in loop_metrics.items()}}
+      with writer.as_default():
+        for name, value in loop_metrics.items():
+          tf.summary.scalar(f'train/{name}', value, step=step)
+        tf.summary.scalar('learning_rate', current_lr, step=step)
+      writer.flush()
+      if verbose and chief:
+        shown = {'loss': loop_metrics['total_loss']}
+        for name in ('contrast_acc', 'supervised_acc'):
+          if name in loop_metrics:
+            shown[name] = loop_metrics[name]
+        shown['lr'] = current_lr
+        progress.report(step, shown)
+      if step % checkpoint_steps == 0 or step >= total_steps:
+        saver.save(step)
+        last_saved_step = step
+        if chief and config.export.export_hub_module == 'checkpoint':
+          export_hub_module(model, config, step)
+    # 5. The end: the last step has a checkpoint (the same decision on every worker).
+    if last_saved_step != step:
+      saver.save(step)
+    if chief and config.export.export_hub_module == 'end':
+      export_hub_module(model, config, step)
+  finally:
+    saver.close()
+    writer.close()
+  if not result:
+    result = {'global_step': step, 'learning_rate': float(learning_rate(step))}
+  return result
