@@ -10,6 +10,12 @@ plain dot product (hidden_norm=False). The official code (and ours) returns
 mean_i(loss_a[i] + loss_b[i]) = 2 * L, so the tests compare against 2 * L.
 """
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -165,3 +171,44 @@ def test_supervised_loss_and_accuracy_match_numpy():
   np.testing.assert_allclose(acc.numpy(), expected_acc, rtol=1e-7)
   bf16_loss = losses.supervised_loss(onehot, tf.cast(logits, tf.bfloat16))
   assert bf16_loss.dtype == tf.float32
+
+
+def run_distributed_check(num_replicas: int) -> dict:
+  """Runs tests/distributed_numerics_check.py in a fresh process (logical CPUs)."""
+  script = pathlib.Path(__file__).with_name('distributed_numerics_check.py')
+  environment = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+  completed = subprocess.run(
+      [sys.executable, str(script), f'--num_replicas={num_replicas}'],
+      capture_output=True, text=True, timeout=600, env=environment, check=False)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def check_distributed_results(results: dict) -> None:
+  # Gathered negatives: replica losses / N summed, summed kernel gradients and each
+  # replica's input-row gradients equal the single-device full batch (float32).
+  assert results['loss_value_error'] <= 1e-6 * max(1.0, results['single_loss'])
+  gradient_tolerance = 1e-6 * max(1.0, results['kernel_gradient_scale'])
+  assert results['loss_kernel_gradient_error'] <= gradient_tolerance
+  assert results['loss_input_gradient_error'] <= 1e-6
+  assert results['loss_logits_error'] <= 2e-6  # logits up to 1 / temperature = 5
+  assert results['loss_labels_ok']
+  assert results['loss_metrics_error'] <= 1e-6
+  # Without the gather the same comparison fails: the check has teeth.
+  assert results['no_gather_value_error'] > 1e-2
+  assert results['no_gather_kernel_gradient_error'] > 1e-2
+  assert not results['no_gather_labels_ok']
+  # LARS + WarmUpAndCosineDecay + weight_decay_loss: 3 steps equal single device.
+  assert results['lars_iterations'] == 3
+  assert results['lars_weight_change'] > 1e-2
+  assert results['lars_weight_error'] <= 1e-6
+  assert results['lars_momentum_error'] <= 1e-6
+
+
+def test_two_replicas_match_single_device():
+  check_distributed_results(run_distributed_check(2))
+
+
+@pytest.mark.slow
+def test_four_replicas_match_single_device():
+  check_distributed_results(run_distributed_check(4))
