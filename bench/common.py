@@ -1,0 +1,172 @@
+"""Shared benchmark helpers: matmul FLOP/s, peak RSS, model FLOP counting, timing.
+
+FLOP convention (stated in every benchmark's output): one multiply-add = 2 FLOPs; only
+convolutions and matrix multiplications are counted (BN, ReLU, pooling, adds are
+memory-bound and left out); a training step costs 3x the forward FLOPs (forward, plus
+backward for the input gradient and for the weight gradient).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:  # `python bench/x.py` from anywhere.
+  sys.path.insert(0, REPO_ROOT)
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+TRAIN_FLOPS_PER_FORWARD_FLOP = 3
+
+
+def matmul_flops_per_sec(size: int, dtype: tf.DType = tf.float32, *, repeats: int = 5,
+                         min_seconds: float = 0.2) -> float:
+  """Best observed FLOP/s of a [size, size] x [size, size] `tf.linalg.matmul`.
+
+  Args:
+    size: matrix side n; one product is 2 n^3 FLOPs.
+    dtype: tf.float32 or tf.bfloat16.
+    repeats: timed samples; the best one is returned (the least disturbed by other
+      processes on a shared machine).
+    min_seconds: each sample chains enough products to last at least this long.
+  """
+  a = tf.random.uniform([size, size], dtype=tf.float32)
+  b = tf.random.uniform([size, size], dtype=tf.float32)
+  a, b = tf.cast(a, dtype), tf.cast(b, dtype)
+
+  @tf.function
+  def products(count: tf.Tensor) -> tf.Tensor:
+    total = tf.zeros([], tf.float32)
+    for _ in tf.range(count):
+      total += tf.cast(tf.linalg.matmul(a, b)[0, 0], tf.float32)
+    return total
+
+  products(tf.constant(1)).numpy()  # Trace and warm up.
+  start = time.perf_counter()
+  products(tf.constant(1)).numpy()
+  count = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-6)))
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    products(tf.constant(count)).numpy()
+    best = min(best, (time.perf_counter() - start) / count)
+  return 2.0 * size ** 3 / best
+
+
+def best_matmul_flops_per_sec(sizes: Iterable[int], dtype: tf.DType = tf.float32,
+                              **kwargs: Any) -> float:
+  """The highest `matmul_flops_per_sec` over matrix sizes (the attainable peak)."""
+  return max(matmul_flops_per_sec(size, dtype, **kwargs) for size in sizes)
+
+
+def reset_peak_rss() -> bool:
+  """Resets the kernel's peak-RSS mark (VmHWM) of this process; False if unsupported."""
+  try:
+    with open('/proc/self/clear_refs', 'w', encoding='ascii') as clear_refs:
+      clear_refs.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process in MiB (since `reset_peak_rss`, if it worked).
+
+  Reads VmHWM from /proc/self/status; falls back to getrusage's ru_maxrss (the
+  lifetime peak) elsewhere.
+  """
+  try:
+    with open('/proc/self/status', encoding='ascii') as status:
+      for line in status:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024.0  # kB -> MiB.
+  except OSError:
+    pass
+  max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return max_rss / (1024.0 * 1024.0 if sys.platform == 'darwin' else 1024.0)
+
+
+def _op_flops(op: tf.Operation) -> int:
+  """Multiply-add FLOPs (x2) of one conv / matmul op from its static shapes; else 0."""
+  def dims(tensor: tf.Tensor) -> list[int]:
+    shape = tensor.shape
+    if shape.rank is None or any(d is None for d in shape.as_list()):
+      raise ValueError(f'FLOP counting needs static shapes; {op.name} has {shape}. '
+                       'Trace with a fixed batch and image size.')
+    return shape.as_list()
+
+  if op.type == 'Conv2D':
+    kernel_height, kernel_width, in_channels, _ = dims(op.inputs[1])
+    batch, out_height, out_width, out_channels = dims(op.outputs[0])
+    return 2 * batch * out_height * out_width * out_channels * (
+        kernel_height * kernel_width * in_channels)
+  if op.type == 'DepthwiseConv2dNative':
+    kernel_height, kernel_width, _, _ = dims(op.inputs[1])
+    batch, out_height, out_width, out_channels = dims(op.outputs[0])
+    return 2 * batch * out_height * out_width * out_channels * kernel_height * kernel_width
+  if op.type in ('MatMul', 'BatchMatMulV2', 'BatchMatMulV3'):
+    out_shape = dims(op.outputs[0])
+    a_shape = dims(op.inputs[0])
+    transpose_a = op.get_attr('transpose_a' if op.type == 'MatMul' else 'adj_x')
+    inner = a_shape[-2] if transpose_a else a_shape[-1]
+    count = 1
+    for dim in out_shape:
+      count *= dim
+    return 2 * count * inner
+  return 0
+
+
+def forward_flops(function: Callable[..., Any], *example_inputs: tf.Tensor) -> int:
+  """Conv + matmul FLOPs of one call of `function` on inputs of these static shapes.
+
+  Traces `function` (e.g. `lambda x: model(x, training=False)`) into a graph, walks its
+  ops, nested function bodies included, and sums 2 * multiply-adds per Conv2D,
+  DepthwiseConv2dNative and MatMul from the static shapes.
+  """
+  specs = [tf.TensorSpec(x.shape, x.dtype) for x in example_inputs]
+  graph = tf.function(function).get_concrete_function(*specs).graph
+  total = 0
+  seen: set[int] = set()
+
+  def walk(current: tf.Graph) -> None:
+    nonlocal total
+    if id(current) in seen:
+      return
+    seen.add(id(current))
+    for op in current.get_operations():
+      total += _op_flops(op)
+    for function_graph in getattr(current, '_functions', {}).values():
+      inner = getattr(function_graph, 'graph', None)
+      if inner is not None:
+        walk(inner)
+
+  walk(graph)
+  return total
+
+
+def time_calls(call: Callable[[], Any], num_calls: int) -> list[float]:
+  """Seconds taken by each of `num_calls` calls of `call` (which must block)."""
+  durations = []
+  for _ in range(num_calls):
+    start = time.perf_counter()
+    call()
+    durations.append(time.perf_counter() - start)
+  return durations
+
+
+def median(values: Sequence[float]) -> float:
+  ordered = sorted(values)
+  middle = len(ordered) // 2
+  return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
+def load_average() -> float:
+  """1-minute load average (how busy the shared machine was), or -1."""
+  try:
+    return os.getloadavg()[0]
+  except OSError:
+    return -1.0
