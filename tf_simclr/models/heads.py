@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from tf_simclr.config import PROJ_HEAD_MODES
-from tf_simclr.models.resnet import batch_norm
+from tf_simclr.models.resnet import batch_norm, track_for_checkpoints
 
 
 class ProjectionHead(keras.layers.Layer):
@@ -79,6 +79,7 @@ class ProjectionHead(keras.layers.Layer):
       self.dense_layers.append(dense)
       self.bn_layers.append(bn)
       width = units
+    track_for_checkpoints(self, self.dense_layers + self.bn_layers)
 
   def call(self, inputs, training=None):
     hiddens = [inputs]

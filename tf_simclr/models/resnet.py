@@ -35,6 +35,17 @@ ENDPOINT_NAMES = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_gro
                   'block_group3', 'block_group4', 'final_avg_pool')
 
 
+def track_for_checkpoints(owner: keras.layers.Layer,
+                          layers: Sequence[keras.layers.Layer]) -> None:
+  """Makes sublayers held in a list visible to `tf.train.Checkpoint`.
+
+  Keras 3 wraps list attributes in its own TrackedList, which TensorFlow's object-based
+  checkpointing does not follow; an attribute per sublayer (named after it) is followed.
+  """
+  for layer in layers:
+    setattr(owner, layer.name, layer)
+
+
 def batch_norm(*,
                momentum: float,
                synchronized: bool,
@@ -207,6 +218,7 @@ class _ResidualBlockBase(keras.layers.Layer):
     self.relu_after: set[int] = set()  # Indices of residual layers followed by ReLU.
 
   def build(self, input_shape):
+    track_for_checkpoints(self, self.shortcut_layers + self.residual_layers)
     shape = input_shape
     for layer in self.shortcut_layers:
       layer.build(shape)
@@ -307,6 +319,7 @@ class BlockGroup(keras.layers.Layer):
                     name=f'block_{index}', **block_args)
         for index in range(num_blocks)
     ]
+    track_for_checkpoints(self, self.blocks)
 
   def build(self, input_shape):
     shape = input_shape
@@ -422,11 +435,6 @@ def build_resnet(depth: int,
       for layer in stem_layers + groups[:fine_tune_after_block]:
         layer.trainable = False
     return keras.Model(images, endpoints, name=name)
-
-
-def frozen_layer_names(model: keras.Model) -> Sequence[str]:
-  """Names of the encoder's top-level layers that have trainable=False (for logs)."""
-  return [layer.name for layer in model.layers if not layer.trainable and layer.weights]
 
 
 def output_channels(depth: int, width_multiplier: int = 1) -> int:
