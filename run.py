@@ -11,6 +11,7 @@ import os
 import sys
 
 from absl import app
+from absl import flags as absl_flags
 
 import flags as simclr_flags
 from tf_simclr import config as config_lib
@@ -23,6 +24,14 @@ def fail(message: str) -> None:
   """Prints one line `error: message` on stderr and exits with code 2."""
   print('error: ' + ' '.join(str(message).split()), file=sys.stderr, flush=True)
   sys.exit(EXIT_BAD_INPUT)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with a bad value turned into one line and exit code 2."""
+  try:
+    return absl_flags.FLAGS(argv)
+  except absl_flags.Error as error:
+    fail(str(error))
 
 
 def main(argv: list[str]) -> None:
@@ -62,4 +71,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
