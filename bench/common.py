@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: matmul FLOP/s, peak RSS, model FLOP counting, timing.
+"""Shared benchmark helpers: matmul FLOP/s, peak RSS, FLOP counting, the timed train step.
 
 FLOP convention (stated in every benchmark's output): one multiply-add = 2 FLOPs; only
 convolutions and matrix multiplications are counted (BN, ReLU, pooling, adds are
@@ -19,6 +19,12 @@ if REPO_ROOT not in sys.path:  # `python bench/x.py` from anywhere.
   sys.path.insert(0, REPO_ROOT)
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
+from tf_simclr import losses  # pylint: disable=g-import-not-at-top
+from tf_simclr import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+from tf_simclr import optim  # pylint: disable=g-import-not-at-top
+from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 
 TRAIN_FLOPS_PER_FORWARD_FLOP = 3
 
@@ -170,3 +176,95 @@ def load_average() -> float:
     return os.getloadavg()[0]
   except OSError:
     return -1.0
+
+
+def random_batch(config: config_lib.Config, batch_size: int, num_classes: int,
+                 seed: int = 0) -> dict[str, tf.Tensor]:
+  """One per-replica batch as the data module yields it (random pixels and labels)."""
+  size = config.data.image_size
+  views = 2 if config.train.train_mode == 'pretrain' else 1
+  generator = tf.random.Generator.from_seed(seed)
+  images = generator.uniform([views * batch_size, size, size, 3])  # [2b, H, W, 3]
+  labels = tf.one_hot(generator.uniform([batch_size], 0, num_classes, tf.int32), num_classes)
+  return {'image': images, 'label': labels, 'mask': tf.ones([batch_size])}
+
+
+def build_train_loop(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                     num_classes: int) -> tuple[Callable[..., tf.Tensor], Any, Any]:
+  """Model, optimizer and the `train_loop(iterator, num_steps)` of tf_simclr.train.
+
+  Mirrors `tf_simclr.train.train` step for step (same model builder, schedule,
+  optimizer, losses and loop structure).
+
+  Returns:
+    (train_loop, model, optimizer).
+  """
+  train_config = config.train
+  num_replicas = strategy.num_replicas_in_sync
+  pretrain = train_config.train_mode == 'pretrain'
+  with strategy.scope():
+    model = train_lib.build_model_for(config, num_classes)
+    total_steps = max(1, train_config.train_steps)
+    learning_rate = optim.WarmUpAndCosineDecay(
+        config.optim.learning_rate, total_steps * train_config.train_batch_size,
+        train_config.train_batch_size, config.optim.warmup_epochs, total_steps,
+        config.optim.learning_rate_scaling)
+    optimizer = optim.build_optimizer(config.optim, learning_rate)
+    optimizer.build(model.trainable_variables)
+  supervised = model.supervised_head is not None
+  metric_names = metrics_lib.train_metric_names(pretrain, supervised)
+
+  def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+    images, labels = batch['image'], batch['label']
+    values = {}
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      loss = tf.constant(0.0)
+      if pretrain:
+        contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
+            tf.cast(outputs['proj_head_output'], tf.float32),
+            temperature=config.loss.temperature, hidden_norm=config.loss.hidden_norm,
+            replica_context=tf.distribute.get_replica_context())
+        values['contrast_loss'] = contrast_loss
+        values.update(losses.contrastive_metrics(logits_ab, contrast_labels))
+        loss += contrast_loss
+      if supervised:
+        sup_labels = tf.concat([labels, labels], 0) if pretrain else labels
+        logits = tf.cast(outputs['logits_sup'], tf.float32)
+        values['supervised_loss'] = losses.supervised_loss(sup_labels, logits)
+        values['supervised_acc'] = losses.supervised_accuracy(sup_labels, logits)
+        loss += values['supervised_loss']
+      values['weight_decay'] = optim.weight_decay_loss(model, config.optim)
+      loss += values['weight_decay']
+      values['total_loss'] = loss
+      scaled_loss = loss / num_replicas
+    variables = model.trainable_variables
+    gradients = tape.gradient(scaled_loss, variables)
+    optimizer.apply_gradients(zip(gradients, variables))
+    return metrics_lib.pack(values, metric_names)
+
+  step_fn = tf.function(train_step, jit_compile=True) if train_config.jit_compile else train_step
+
+  @tf.function
+  def train_loop(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+    sums = tf.zeros([len(metric_names)], tf.float32)
+    for _ in tf.range(num_steps):
+      per_replica = strategy.run(step_fn, args=(next(iterator),))
+      sums += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+    return sums
+
+  return train_loop, model, optimizer
+
+
+def timed_step_fn(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                   num_classes: int, warmup_steps: int) -> tuple[Callable[[], Any], Any]:
+  """Builds the loop, runs the warm-up steps (tracing); returns (one_step, model)."""
+  train_loop, model, _ = build_train_loop(config, strategy, num_classes)
+  per_replica_batch = config.train.train_batch_size // strategy.num_replicas_in_sync
+  batch = random_batch(config, per_replica_batch, num_classes, config.train.seed)
+  dataset = strategy.distribute_datasets_from_function(
+      lambda context: tf.data.Dataset.from_tensors(batch).repeat())
+  iterator = iter(dataset)
+  train_loop(iterator, tf.constant(max(1, warmup_steps), tf.int32)).numpy()
+  one_step = tf.constant(1, tf.int32)
+  return lambda: train_loop(iterator, one_step).numpy(), model

@@ -36,17 +36,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags as absl_flags
-import keras
 import tensorflow as tf
 
 from bench import common
 import flags as simclr_flags
 from tf_simclr import config as config_lib
-from tf_simclr import losses
-from tf_simclr import metrics as metrics_lib
-from tf_simclr import optim
 from tf_simclr import strategy as strategy_lib
-from tf_simclr import train as train_lib
 from tf_simclr.models import fast_batch_norm
 
 simclr_flags.define_flags()
@@ -60,109 +55,51 @@ absl_flags.DEFINE_list('bench_matmul_sizes', ['2048', '4096'],
 absl_flags.DEFINE_bool('bench_fused_batch_norm', True,
                        'Use the fused BatchNormalization kernels (False: the Keras '
                        'computation, for comparison).')
+absl_flags.DEFINE_bool('bench_compare_keras_batch_norm', False,
+                       'Also time the same step with the Keras BatchNormalization '
+                       'computation, alternating steps with the fused one, and report '
+                       'the speed-up.')
 FLAGS = absl_flags.FLAGS
 
 KEYS = ('images_per_sec', 'model_flops_per_image', 'matmul_flops_per_sec_fp32',
         'matmul_flops_per_sec_bf16', 'mfu', 'peak_rss_mb')
 
 
-def random_batch(config: config_lib.Config, batch_size: int, num_classes: int,
-                 seed: int = 0) -> dict[str, tf.Tensor]:
-  """One per-replica batch as the data module yields it (random pixels and labels)."""
-  size = config.data.image_size
-  views = 2 if config.train.train_mode == 'pretrain' else 1
-  generator = tf.random.Generator.from_seed(seed)
-  images = generator.uniform([views * batch_size, size, size, 3])  # [2b, H, W, 3]
-  labels = tf.one_hot(generator.uniform([batch_size], 0, num_classes, tf.int32), num_classes)
-  return {'image': images, 'label': labels, 'mask': tf.ones([batch_size])}
-
-
-def build_train_loop(config: config_lib.Config, strategy: tf.distribute.Strategy,
-                     num_classes: int) -> tuple[Callable[..., tf.Tensor], Any, Any]:
-  """Model, optimizer and the `train_loop(iterator, num_steps)` of tf_simclr.train.
-
-  Mirrors `tf_simclr.train.train` step for step (same model builder, schedule,
-  optimizer, losses and loop structure).
-
-  Returns:
-    (train_loop, model, optimizer).
-  """
-  train_config = config.train
-  num_replicas = strategy.num_replicas_in_sync
-  pretrain = train_config.train_mode == 'pretrain'
-  with strategy.scope():
-    model = train_lib.build_model_for(config, num_classes)
-    total_steps = max(1, train_config.train_steps)
-    learning_rate = optim.WarmUpAndCosineDecay(
-        config.optim.learning_rate, total_steps * train_config.train_batch_size,
-        train_config.train_batch_size, config.optim.warmup_epochs, total_steps,
-        config.optim.learning_rate_scaling)
-    optimizer = optim.build_optimizer(config.optim, learning_rate)
-    optimizer.build(model.trainable_variables)
-  supervised = model.supervised_head is not None
-  metric_names = metrics_lib.train_metric_names(pretrain, supervised)
-
-  def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
-    images, labels = batch['image'], batch['label']
-    values = {}
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      loss = tf.constant(0.0)
-      if pretrain:
-        contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
-            tf.cast(outputs['proj_head_output'], tf.float32),
-            temperature=config.loss.temperature, hidden_norm=config.loss.hidden_norm,
-            replica_context=tf.distribute.get_replica_context())
-        values['contrast_loss'] = contrast_loss
-        values.update(losses.contrastive_metrics(logits_ab, contrast_labels))
-        loss += contrast_loss
-      if supervised:
-        sup_labels = tf.concat([labels, labels], 0) if pretrain else labels
-        logits = tf.cast(outputs['logits_sup'], tf.float32)
-        values['supervised_loss'] = losses.supervised_loss(sup_labels, logits)
-        values['supervised_acc'] = losses.supervised_accuracy(sup_labels, logits)
-        loss += values['supervised_loss']
-      values['weight_decay'] = optim.weight_decay_loss(model, config.optim)
-      loss += values['weight_decay']
-      values['total_loss'] = loss
-      scaled_loss = loss / num_replicas
-    variables = model.trainable_variables
-    gradients = tape.gradient(scaled_loss, variables)
-    optimizer.apply_gradients(zip(gradients, variables))
-    return metrics_lib.pack(values, metric_names)
-
-  step_fn = tf.function(train_step, jit_compile=True) if train_config.jit_compile else train_step
-
-  @tf.function
-  def train_loop(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-    sums = tf.zeros([len(metric_names)], tf.float32)
-    for _ in tf.range(num_steps):
-      per_replica = strategy.run(step_fn, args=(next(iterator),))
-      sums += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
-    return sums
-
-  return train_loop, model, optimizer
+def compare_keras_batch_norm(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                             one_step: Callable[[], Any], *, num_classes: int, steps: int,
+                             warmup_steps: int) -> dict[str, float]:
+  """Times the step with Keras BN computation, alternating with `one_step`."""
+  enabled = fast_batch_norm.fused_batch_norm_enabled()
+  fast_batch_norm.set_fused_batch_norm_enabled(False)
+  try:
+    keras_step, _ = common.timed_step_fn(config, strategy, num_classes, warmup_steps)
+  finally:
+    fast_batch_norm.set_fused_batch_norm_enabled(enabled)
+  ours, theirs = [], []
+  for _ in range(steps):
+    ours += common.time_calls(one_step, 1)
+    theirs += common.time_calls(keras_step, 1)
+  return {'step_seconds_median_alternating': common.median(ours),
+          'step_seconds_median_keras_batch_norm': common.median(theirs),
+          'speedup_vs_keras_batch_norm': common.median(theirs) / common.median(ours)}
 
 
 def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
                   num_classes: int, steps: int, warmup_steps: int,
-                  matmul_sizes: list[int]) -> dict[str, Any]:
+                  matmul_sizes: list[int],
+                  compare_keras_batch_norm_steps: int = 0) -> dict[str, Any]:
   """Times the training step; returns the result dict (KEYS plus details)."""
   num_replicas = strategy.num_replicas_in_sync
   global_batch = config.train.train_batch_size
-  per_replica_batch = global_batch // num_replicas
-  train_loop, model, _ = build_train_loop(config, strategy, num_classes)
-
-  batch = random_batch(config, per_replica_batch, num_classes, config.train.seed)
-  dataset = strategy.distribute_datasets_from_function(
-      lambda context: tf.data.Dataset.from_tensors(batch).repeat())
-  iterator = iter(dataset)
-  one_step = tf.constant(1, tf.int32)
-
   common.reset_peak_rss()
-  train_loop(iterator, tf.constant(max(1, warmup_steps), tf.int32)).numpy()
-  durations = common.time_calls(lambda: train_loop(iterator, one_step).numpy(), steps)
+  one_step, model = common.timed_step_fn(config, strategy, num_classes, warmup_steps)
+  durations = common.time_calls(one_step, steps)
   peak_rss = common.peak_rss_mb()
+  comparison = {}
+  if compare_keras_batch_norm_steps:
+    comparison = compare_keras_batch_norm(
+        config, strategy, one_step, num_classes=num_classes,
+        steps=compare_keras_batch_norm_steps, warmup_steps=warmup_steps)
   step_seconds = common.median(durations)
   images_per_sec = global_batch / step_seconds
 
@@ -204,6 +141,7 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
           'steps': steps,
       },
       'load_average_1min': common.load_average(),
+      **comparison,
   }
 
 
@@ -225,7 +163,9 @@ def main(argv: list[str]) -> None:
   fast_batch_norm.set_fused_batch_norm_enabled(FLAGS.bench_fused_batch_norm)
   result = run_benchmark(config, strategy, num_classes=FLAGS.bench_num_classes,
                          steps=FLAGS.bench_steps, warmup_steps=FLAGS.bench_warmup_steps,
-                         matmul_sizes=matmul_sizes)
+                         matmul_sizes=matmul_sizes,
+                         compare_keras_batch_norm_steps=(
+                             FLAGS.bench_steps if FLAGS.bench_compare_keras_batch_norm else 0))
   print(f"{result['images_per_sec']:.2f} images/s "
         f"({result['step_seconds_median']:.3f} s/step median of {FLAGS.bench_steps}), "
         f"{result['model_flops_per_image'] / 1e9:.2f} GFLOP/image-step, "
@@ -234,6 +174,9 @@ def main(argv: list[str]) -> None:
         f"bf16 {result['matmul_flops_per_sec_bf16'] / 1e9:.1f} GFLOP/s; "
         f"MFU {result['mfu']:.3f}; peak RSS {result['peak_rss_mb']:.0f} MiB; "
         f"load {result['load_average_1min']:.1f}", flush=True)
+  if 'speedup_vs_keras_batch_norm' in result:
+    print(f"fused BN vs Keras BN step (alternating): "
+          f"{result['speedup_vs_keras_batch_norm']:.3f}x", flush=True)
   print(json.dumps(result, sort_keys=True), flush=True)
 
 

@@ -1,0 +1,117 @@
+"""The benchmarks run, print the documented JSON, and count FLOPs correctly."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from bench import common
+from tf_simclr import losses
+from tf_simclr.models import build_resnet
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+KEYS = ('images_per_sec', 'model_flops_per_image', 'matmul_flops_per_sec_fp32',
+        'matmul_flops_per_sec_bf16', 'mfu', 'peak_rss_mb')
+
+
+def _resnet18_cifar_forward_flops(size: int) -> int:
+  """2 * multiply-adds of ResNet-18 with the CIFAR stem, from the paper's layer table."""
+  flops = 2 * size * size * 3 * 3 * 3 * 64  # Stem: 3x3 conv, stride 1, 64 channels.
+  in_channels = 64
+  for stage, channels in enumerate((64, 128, 256, 512)):
+    if stage:
+      size //= 2
+    for block in range(2):
+      first_in = in_channels if block == 0 else channels
+      flops += 2 * size * size * 9 * first_in * channels  # conv 1 (strided in block 0).
+      flops += 2 * size * size * 9 * channels * channels  # conv 2.
+      if block == 0:  # The official code projects in every group's first block.
+        flops += 2 * size * size * first_in * channels    # 1x1 projection shortcut.
+    in_channels = channels
+  return flops
+
+
+def test_forward_flops_of_resnet18_match_layer_table():
+  encoder = build_resnet(18, cifar_stem=True)
+  counted = common.forward_flops(lambda x: encoder(x, training=False)['final_avg_pool'],
+                                 tf.zeros([1, 32, 32, 3]))
+  assert counted == _resnet18_cifar_forward_flops(32)
+  # DESIGN.md: about 6.7 GFLOP per image per step (two views, forward + backward).
+  assert abs(6 * counted / 1e9 - 6.7) < 0.05
+
+
+def test_nt_xent_flops_are_four_b_by_b_products():
+  batch, dim = 16, 8
+  counted = common.forward_flops(
+      lambda h: losses.nt_xent_loss(h, temperature=0.1)[0], tf.zeros([2 * batch, dim]))
+  assert counted == 4 * 2 * batch * batch * dim
+
+
+def test_matmul_rate_and_peak_rss_are_plausible():
+  rate = common.matmul_flops_per_sec(128, repeats=2, min_seconds=0.01)
+  assert 1e8 < rate < 1e14
+  assert common.reset_peak_rss()
+  assert 50 < common.peak_rss_mb() < 1e6
+
+
+def _run(script, *args):
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / 'bench' / script), *args], capture_output=True,
+      text=True, timeout=600, check=False, cwd=REPO_ROOT,
+      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_train_step_bench_prints_json_last():
+  result = _run('train_step.py', '--resnet_depth=18', '--image_size=16',
+                '--train_batch_size=4', '--bench_steps=1', '--bench_warmup_steps=1',
+                '--bench_matmul_sizes=128', '--bench_num_classes=10')
+  for key in KEYS:
+    assert result[key] > 0, key
+  assert result['config']['cifar_stem'] and result['config']['fused_batch_norm']
+  # Encoder at 16 px + projection head (3 dense 512x512 -> 512x128) + supervised head.
+  heads = 2 * (512 * 512 * 2 + 512 * 128 + 512 * 10)
+  assert result['forward_flops_per_view'] == _resnet18_cifar_forward_flops(16) + heads
+  assert result['model_flops_per_image'] == 6 * result['forward_flops_per_view']
+  expected_mfu = (result['images_per_sec'] * result['model_flops_per_image'] /
+                  result['matmul_flops_per_sec_fp32'])
+  assert result['mfu'] == pytest.approx(expected_mfu)
+
+
+def test_train_step_bench_rejects_bad_flag_in_one_line():
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / 'bench' / 'train_step.py'), '--resnet_depth=19'],
+      capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT)
+  assert result.returncode != 0
+  assert '--resnet_depth=19' in result.stderr.strip().splitlines()[-1]
+
+
+def test_nt_xent_bench_prints_json_last():
+  result = _run('nt_xent.py', '--batch_sizes=8,16', '--steps=1', '--reference_image_size=0')
+  sizes = [entry['batch_size'] for entry in result['nt_xent']]
+  assert sizes == [8, 16]
+  for entry in result['nt_xent']:
+    assert entry['seconds'] > 0 and entry['peak_rss_mb'] > 0
+    assert entry['flops'] == 3 * 8 * entry['batch_size'] ** 2 * 128
+
+
+def _code_lines(function_source: str) -> list[str]:
+  return [line.strip() for line in function_source.splitlines()
+          if line.strip() and not line.strip().startswith('#')]
+
+
+def test_bench_times_the_training_step_of_train_py():
+  """bench/common.build_train_loop's step and loop are tf_simclr.train's, line for line."""
+  def block(path: pathlib.Path) -> list[str]:
+    text = path.read_text()
+    start = text.index('  def train_step(')
+    end = text.index('return sums', start)
+    return _code_lines(text[start:end])
+
+  assert block(REPO_ROOT / 'bench' / 'common.py') == block(
+      REPO_ROOT / 'tf_simclr' / 'train.py')
