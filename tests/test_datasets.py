@@ -367,3 +367,29 @@ def test_mirrored_strategy_eval_and_pretrain(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   # 7 examples, global batch 4: 2 steps, 2 replicas x 2 rows each, 7 real rows.
   assert 'RESULT 7.0 2 [(4, 8, 8, 3), (4, 8, 8, 3)]' in result.stdout
+
+
+# ---------------------------------------------------------------------------
+# Visualisation.
+
+
+def test_view_pairs_and_png_grid(tmp_path):
+  from tf_simclr.data import visualize  # pylint: disable=g-import-not-at-top
+  _constant_color_folder(tmp_path / 'data', 5)
+  config = DataConfig(dataset='image_folder', data_dir=str(tmp_path / 'data'),
+                      train_split='train', image_size=8)
+  pairs = visualize.pairs_from_config(config, split='train', num_images=4, seed=0)
+  assert pairs.shape == (4, 8, 16, 3)
+  input_fn = datasets.build_input_fn(config, split='train', is_training=True,
+                                     train_mode='pretrain', global_batch_size=4, seed=0)
+  images = next(iter(input_fn(None)))['image'].numpy()  # [8, 8, 8, 3]
+  np.testing.assert_array_equal(pairs[:, :, :8], images[:4])   # Left: view 1.
+  np.testing.assert_array_equal(pairs[:, :, 8:], images[4:])   # Right: view 2 of the same rows.
+  summary_pairs = visualize.view_pairs(tf.constant(images), max_images=3)
+  assert summary_pairs.shape == (3, 8, 16, 3)
+  path = str(tmp_path / 'grid.png')
+  visualize.main(['--out', path, '--dataset=image_folder', f'--data_dir={tmp_path / "data"}',
+                  '--image_size=8', '--num_images=4', '--columns=2', '--scale=2'])
+  with Image.open(path) as grid:
+    # 2 rows x 2 columns of 8x16 pairs with 2 px gaps, upscaled 2x.
+    assert grid.size == ((2 * 16 + 3 * 2) * 2, (2 * 8 + 3 * 2) * 2)
