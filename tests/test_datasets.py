@@ -345,12 +345,19 @@ config = DataConfig(dataset='image_folder', data_dir=sys.argv[1], eval_split='tr
                     image_size=8)
 eval_fn = datasets.build_input_fn(config, split='train', is_training=False,
                                   train_mode='pretrain', global_batch_size=4)
-total, steps = 0.0, 0
-for batch in strategy.distribute_datasets_from_function(eval_fn):
-  masks = strategy.experimental_local_results(batch['mask'])
-  assert [m.shape[0] for m in masks] == [2, 2], masks
-  total += sum(float(tf.reduce_sum(m)) for m in masks)
-  steps += 1
+per_replica = tf.distribute.InputOptions(
+    experimental_fetch_to_device=False,
+    experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+counts = []
+for options in (None, per_replica):  # One pipeline split across replicas; one per replica.
+  total, steps = 0.0, 0
+  for batch in strategy.distribute_datasets_from_function(eval_fn, options):
+    masks = strategy.experimental_local_results(batch['mask'])
+    assert [m.shape[0] for m in masks] == [2, 2], masks
+    total += sum(float(tf.reduce_sum(m)) for m in masks)
+    steps += 1
+  counts.append((total, steps))
+assert counts[0] == counts[1], counts
 train_fn = datasets.build_input_fn(config, split='train', is_training=True,
                                    train_mode='pretrain', global_batch_size=4, seed=0)
 batch = next(iter(strategy.distribute_datasets_from_function(train_fn)))
