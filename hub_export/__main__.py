@@ -1,0 +1,110 @@
+"""Exports a trained run's encoder as a TF Hub SavedModel.
+
+    python -m hub_export --model_dir=/runs/cifar --export_dir=/exports/cifar_r18
+        [--checkpoint=latest|PATH] [--overwrite] [--weight_decay=X]
+
+Reads `model_dir/flags.json` to rebuild the model, restores its weights from the
+newest checkpoint in `model_dir` (or `--checkpoint`: a checkpoint prefix such as
+model_dir/ckpt-100, or a directory holding checkpoints) and writes the export (see
+`hub_export.export`). Bad input exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog='python -m hub_export',
+      description='Export a tf_simclr run as a TF Hub reusable SavedModel.')
+  parser.add_argument('--model_dir', required=True,
+                      help='The run directory (holds flags.json and ckpt-* files).')
+  parser.add_argument('--export_dir', required=True, help='The SavedModel directory to write.')
+  parser.add_argument('--checkpoint', default='latest',
+                      help='"latest" (the newest checkpoint in --model_dir), a checkpoint '
+                      'prefix such as MODEL_DIR/ckpt-100, or a directory of checkpoints.')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='Replace an existing --export_dir.')
+  parser.add_argument('--weight_decay', type=float, default=None,
+                      help='L2 coefficient of the exported regularization losses '
+                      '(default: the run\'s --weight_decay; 0 exports none).')
+  return parser.parse_args(argv)
+
+
+def _num_classes(checkpoint_path: str) -> Optional[int]:
+  """Classes of the supervised head stored in the checkpoint, or None without one."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for key, shape in tf.train.list_variables(checkpoint_path):
+    if (key.startswith('model/supervised_head/') and 'kernel' in key and
+        key.endswith('.ATTRIBUTES/VARIABLE_VALUE') and len(shape) == 2):
+      return int(shape[1])
+  return None
+
+
+def export_run(model_dir: str,
+               export_dir: str,
+               *,
+               checkpoint: str = 'latest',
+               overwrite: bool = False,
+               weight_decay: Optional[float] = None) -> tuple[str, str]:
+  """Rebuilds a run's model, restores a checkpoint and exports it.
+
+  Returns:
+    (export_dir, the checkpoint path restored).
+
+  Raises:
+    FileNotFoundError / FileExistsError / ValueError: one line naming the flag or
+      file and what to do.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  import flags as run_flags  # pylint: disable=g-import-not-at-top
+  import hub_export  # pylint: disable=g-import-not-at-top
+  from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
+  from tf_simclr.models import build_model  # pylint: disable=g-import-not-at-top
+
+  if not tf.io.gfile.isdir(model_dir):
+    raise FileNotFoundError(f'--model_dir={model_dir} does not exist; pass the directory '
+                            'of a training run.')
+  config = run_flags.config_from_flags_json(os.path.join(model_dir, 'flags.json'))
+  if tf.io.gfile.exists(export_dir) and not overwrite:
+    raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '
+                          'to replace it or choose another directory.')
+  if checkpoint == 'latest':
+    checkpoint_path = tf.train.latest_checkpoint(model_dir)
+    if checkpoint_path is None:
+      raise FileNotFoundError(f'--model_dir={model_dir} holds no checkpoint (ckpt-*); '
+                              'train first or pass --checkpoint=PATH.')
+  else:
+    checkpoint_path = checkpoints.resolve_checkpoint(checkpoint, '--checkpoint')
+  model = build_model(config, _num_classes(checkpoint_path))
+  checkpoints.restore_or_explain(tf.train.Checkpoint(model=model), checkpoint_path)
+  if weight_decay is None:
+    weight_decay = config.optim.weight_decay
+  hub_export.export_encoder(model, export_dir, image_size=config.data.image_size,
+                            overwrite=overwrite, weight_decay=weight_decay)
+  return export_dir, checkpoint_path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = _parse_args(argv)
+  try:
+    export_dir, checkpoint_path = export_run(
+        args.model_dir, args.export_dir, checkpoint=args.checkpoint,
+        overwrite=args.overwrite, weight_decay=args.weight_decay)
+  except (FileNotFoundError, FileExistsError, ValueError) as error:
+    message = ' '.join(str(error).split())
+    print(f'error: {message}', file=sys.stderr)
+    return 2
+  print(f'Exported {checkpoint_path} to {export_dir}', flush=True)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

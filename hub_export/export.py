@@ -1,0 +1,303 @@
+"""Exports a SimCLR model as a TF2 SavedModel in the TF Hub reusable format.
+
+One export serves three kinds of consumers:
+
+* tf_keras + TF Hub: `hub.KerasLayer(export_dir, trainable=True)` returns the image
+  feature vector [batch, features] (`final_avg_pool`) and fine-tunes the encoder,
+  BN moving statistics included. `arguments={'as_dict': True}` (optionally with
+  `output_key='block_group4'` etc.) returns the named endpoints instead, in training
+  mode too.
+* Keras 3: `keras.layers.TFSMLayer(export_dir, call_endpoint='serve',
+  call_training_endpoint='train_call')` returns the dict of named endpoints.
+* Plain TF / TF Serving: `tf.saved_model.load(export_dir)` with the same callables and
+  a `serving_default` signature returning the dict of named endpoints.
+
+The saved object is a `tf.__internal__.tracking.AutoTrackable` (a `tf.Module` cannot
+take a `variables` attribute) with:
+
+* `__call__(images, training=False, as_dict=False)`: images float32 [B, H, W, 3] in
+  [0, 1], any H and W. Traced for both Python values of `training` (Keras 3 batch
+  norm needs a Python bool) and of `as_dict`.
+* `serve(images)` / `train_call(images)`: the endpoint dict in inference / training
+  mode (training mode uses batch statistics and updates the BN moving averages).
+* `variables`, `trainable_variables` and `regularization_losses` (zero-argument
+  functions, one L2 term `weight_decay * sum(w**2) / 2` per trainable kernel).
+* the `serving_default` signature: `serve` with a fixed input name `images`.
+
+The export is written to a temporary directory next to `export_dir` and renamed into
+place, so a reader never sees a half-written export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import uuid
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import keras
+
+import tensorflow as tf
+
+# The endpoint returned by `__call__` (TF Hub image feature-vector convention).
+FEATURE_VECTOR_KEY = 'final_avg_pool'
+# Names the exported dict may contain, in the model's order; others are dropped.
+ENDPOINT_NAMES = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2',
+                  'block_group3', 'block_group4', 'final_avg_pool', 'ft_hidden',
+                  'proj_head_output', 'logits_sup')
+SERVING_SIGNATURE = 'serving_default'
+# Variables whose path contains one of these get no L2 regularization loss.
+_NO_WEIGHT_DECAY = ('batch_normalization', 'bias')
+_TEMP_MARKER = '.tmp-'
+
+
+class _HubModule(tf.__internal__.tracking.AutoTrackable):
+  """The saved object; its attributes are set by `_build_hub_module`."""
+
+
+def _l2_loss_factory(variable: tf.Variable, weight_decay: float) -> Callable[[], tf.Tensor]:
+  """A zero-argument tf.function returning `weight_decay * l2_loss(variable)`.
+
+  A factory (not a lambda in a loop) so each function closes over its own variable.
+  """
+
+  @tf.function(input_signature=[])
+  def regularization_loss() -> tf.Tensor:
+    return weight_decay * tf.nn.l2_loss(tf.cast(variable, tf.float32))
+
+  return regularization_loss
+
+
+@contextlib.contextmanager
+def _per_replica_batch_norm(model: Any) -> Iterator[None]:
+  """Traces synchronized BN layers as plain BN (restored on exit).
+
+  Outside a strategy a synchronized BN all-reduces over the one default replica (an
+  identity) through a custom gradient that SavedModel cannot save, so every load
+  warns "unsaved custom gradients". The statistics are the same either way.
+  """
+  layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)  # pylint: disable=protected-access
+            if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
+  for layer in layers:
+    layer.synchronized = False
+  try:
+    yield
+  finally:
+    for layer in layers:
+      layer.synchronized = True
+
+
+def _variable_path(variable: Any) -> str:
+  return getattr(variable, 'path', None) or variable.name
+
+
+def _tf_variable(variable: Any) -> tf.Variable:
+  """The tf.Variable behind a Keras 3 variable (itself if already one)."""
+  return getattr(variable, 'value', variable) if not isinstance(variable, tf.Variable) else variable
+
+
+def _encoder_of(model: Any) -> Any:
+  """The encoder part of a SimCLRModel (its `.encoder`), else the model itself."""
+  encoder = getattr(model, 'encoder', None)
+  return encoder if callable(encoder) and hasattr(encoder, 'trainable_variables') else model
+
+
+def build_hub_module(model: Any,
+                     *,
+                     image_size: Optional[int] = None,
+                     weight_decay: float = 0.0) -> tf.__internal__.tracking.AutoTrackable:
+  """Wraps a model in the object `export_encoder` saves (traced, not yet saved).
+
+  Args:
+    model: a Keras model whose `model(images, training=bool)` returns a dict of named
+      endpoints including 'final_avg_pool' (a SimCLRModel or a `build_resnet` encoder).
+    image_size: the training image size, saved as the `image_size` attribute (0 when
+      None); the input still takes any height and width.
+    weight_decay: L2 coefficient of the exported regularization losses (0: none).
+
+  Returns:
+    The AutoTrackable with `__call__`, `serve`, `train_call`, `variables`,
+    `trainable_variables` and `regularization_losses`; save it with
+    `signatures={SERVING_SIGNATURE: module.serve.get_concrete_function()}`.
+  """
+  image_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
+
+  def endpoints(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
+    outputs = model(images, training=training)
+    if not isinstance(outputs, dict) or FEATURE_VECTOR_KEY not in outputs:
+      raise ValueError(f'The model must return a dict with {FEATURE_VECTOR_KEY!r}; got '
+                       f'{type(outputs).__name__}.')
+    # Mixed-precision models compute in bfloat16; consumers get float32.
+    return {name: tf.cast(outputs[name], tf.float32)
+            for name in ENDPOINT_NAMES if name in outputs}
+
+  encoder = _encoder_of(model)
+
+  def features(images: tf.Tensor, training: bool) -> tf.Tensor:
+    # The encoder alone: fine-tuning the feature vector neither computes the heads nor
+    # moves their BN statistics.
+    return tf.cast(encoder(images, training=training)[FEATURE_VECTOR_KEY], tf.float32)
+
+  # Each traced once per value of `training`; the callables below nest them.
+  endpoints_function = tf.function(endpoints)
+  features_function = tf.function(features)
+
+  @tf.function
+  def call(images: tf.Tensor, training: bool = False, as_dict: bool = False) -> Any:
+    if as_dict:
+      return endpoints_function(images, training)
+    return features_function(images, training)
+
+  @tf.function(input_signature=[image_spec])
+  def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+    return call(images, training=False, as_dict=True)
+
+  @tf.function(input_signature=[image_spec])
+  def train_call(images: tf.Tensor) -> dict[str, tf.Tensor]:
+    return call(images, training=True, as_dict=True)
+
+  for training in (False, True):
+    for as_dict in (False, True):
+      call.get_concrete_function(image_spec, training=training, as_dict=as_dict)
+
+  # The projection and supervised heads get no gradient from the feature vector: their
+  # variables are exported but not trainable here.
+  trainable = list(encoder.trainable_variables)
+  module = _HubModule()
+  module.__call__ = call
+  module.serve = serve
+  module.train_call = train_call
+  module.variables = [_tf_variable(v) for v in model.variables]
+  module.trainable_variables = [_tf_variable(v) for v in trainable]
+  module.image_size = tf.Variable(image_size or 0, trainable=False, dtype=tf.int32,
+                                  name='image_size')
+  module.regularization_losses = [
+      _l2_loss_factory(_tf_variable(v), weight_decay) for v in trainable
+      if weight_decay > 0 and not any(part in _variable_path(v) for part in _NO_WEIGHT_DECAY)
+  ]
+  return module
+
+
+def _temp_path(export_dir: str) -> str:
+  """A unique sibling of `export_dir` that readers never take for an export."""
+  parent, name = os.path.split(export_dir.rstrip('/'))
+  suffix = f'{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+  return os.path.join(parent, f'.{name}{_TEMP_MARKER}{suffix}')
+
+
+def export_encoder(model: Any,
+                   export_dir: str,
+                   *,
+                   image_size: Optional[int] = None,
+                   overwrite: bool = False,
+                   weight_decay: float = 0.0) -> str:
+  """Saves `model` as a TF Hub reusable SavedModel (see the module docstring).
+
+  Args:
+    model: a SimCLRModel (or any Keras model returning a dict with 'final_avg_pool').
+    export_dir: the directory to create (local path or any tf.io.gfile filesystem).
+    image_size: the training image size, recorded as the `image_size` attribute
+      (the input still takes any height and width).
+    overwrite: replace an existing `export_dir`; otherwise it is an error.
+    weight_decay: L2 coefficient of the exported `regularization_losses`, which
+      `hub.KerasLayer(trainable=True)` adds to the downstream loss (0: none).
+
+  Returns:
+    `export_dir`.
+
+  Raises:
+    FileExistsError: `export_dir` exists and `overwrite` is False.
+  """
+  export_dir = export_dir.rstrip('/') or '/'
+  if tf.io.gfile.exists(export_dir) and not overwrite:
+    raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '
+                          'to replace it or choose another directory.')
+  parent = os.path.dirname(export_dir)
+  if parent:
+    tf.io.gfile.makedirs(parent)
+  temp_dir = _temp_path(export_dir)
+  try:
+    # Saving may trace the functions again: keep BN per-replica throughout.
+    with _per_replica_batch_norm(model):
+      module = build_hub_module(model, image_size=image_size, weight_decay=weight_decay)
+      signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function()}
+      tf.saved_model.save(module, temp_dir, signatures=signatures)
+    if tf.io.gfile.exists(export_dir):  # overwrite=True
+      old_dir = _temp_path(export_dir)
+      tf.io.gfile.rename(export_dir, old_dir)
+      tf.io.gfile.rename(temp_dir, export_dir)
+      tf.io.gfile.rmtree(old_dir)
+    else:
+      tf.io.gfile.rename(temp_dir, export_dir)
+  finally:
+    if tf.io.gfile.exists(temp_dir):
+      tf.io.gfile.rmtree(temp_dir)
+  return export_dir
+
+
+def _step_dirs(saved_model_root: str) -> list[int]:
+  """Steps of the complete exports under `saved_model_root`, ascending."""
+  if not tf.io.gfile.isdir(saved_model_root):
+    return []
+  return sorted(int(name.rstrip('/')) for name in tf.io.gfile.listdir(saved_model_root)
+                if re.fullmatch(r'\d+/?', name))
+
+
+def export_during_training(model: Any,
+                           model_dir: str,
+                           step: int,
+                           keep_hub_module_max: int,
+                           *,
+                           image_size: Optional[int] = None,
+                           weight_decay: float = 0.0,
+                           is_chief: bool = True) -> Optional[str]:
+  """Exports to `model_dir/saved_model/<step>/` and keeps the newest exports.
+
+  Call it from every worker (saving may need collectives); only the chief keeps its
+  export. Leftover temporary directories of an earlier killed export are removed.
+
+  Args:
+    model: the model being trained (may live in a distribution strategy scope).
+    model_dir: the run's directory.
+    step: the global step, the name of the export directory.
+    keep_hub_module_max: how many step exports to keep (`--keep_hub_module_max`);
+      0 keeps all (as the official code).
+    image_size: as in `export_encoder` (pass the run's `--image_size`).
+    weight_decay: as in `export_encoder` (pass the run's `--weight_decay`).
+    is_chief: False on non-chief workers: they save to a temporary directory that is
+      deleted.
+
+  Returns:
+    The export directory (None on non-chief workers).
+  """
+  saved_model_root = os.path.join(model_dir, 'saved_model')
+  if not is_chief:
+    scratch = _temp_path(os.path.join(saved_model_root, f'worker-{step}'))
+    export_encoder(model, scratch, image_size=image_size, weight_decay=weight_decay)
+    tf.io.gfile.rmtree(scratch)
+    return None
+  tf.io.gfile.makedirs(saved_model_root)
+  for name in tf.io.gfile.listdir(saved_model_root):
+    if re.match(r'\.\d+' + re.escape(_TEMP_MARKER), name):  # .<step>.tmp-...
+      tf.io.gfile.rmtree(os.path.join(saved_model_root, name.rstrip('/')))
+  export_dir = export_encoder(model, os.path.join(saved_model_root, str(step)),
+                              image_size=image_size, overwrite=True,
+                              weight_decay=weight_decay)
+  old_steps = _step_dirs(saved_model_root)[:-keep_hub_module_max] if keep_hub_module_max > 0 else []
+  for old_step in old_steps:
+    tf.io.gfile.rmtree(os.path.join(saved_model_root, str(old_step)))
+  return export_dir
+
+
+def latest_export(model_dir: str) -> Optional[str]:
+  """The newest `model_dir/saved_model/<step>` directory, or None."""
+  steps = _step_dirs(os.path.join(model_dir, 'saved_model'))
+  return os.path.join(model_dir, 'saved_model', str(steps[-1])) if steps else None
+
+
+def endpoint_names(export_dir: str) -> Sequence[str]:
+  """Output names of the `serving_default` signature of an export."""
+  loaded = tf.saved_model.load(export_dir)
+  return sorted(loaded.signatures[SERVING_SIGNATURE].structured_outputs)
