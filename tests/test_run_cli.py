@@ -76,8 +76,7 @@ def test_train_then_eval_then_resume(cifar10_dir, tmp_path):
   assert tf.train.latest_checkpoint(str(model_dir)).endswith('ckpt-6')
   learning_rates = _scalars(str(model_dir), 'learning_rate')
   assert learning_rates[2] == pytest.approx(_official_learning_rate(2, 4), abs=1e-7)
-  # Step 6 of the resumed run: the uninterrupted 6-step run's value (0 at the end),
-  # so check the middle of the schedule via the step-4 value a 6-step run would log.
+  # Step 6 of the resumed run logs the 6-step schedule's value.
   assert learning_rates[6] == pytest.approx(_official_learning_rate(6, 6), abs=1e-7)
 
   # Finetuning from this run with another depth is refused on one line.

@@ -42,6 +42,9 @@ def write_json_atomic(path: str, data: Any) -> None:
     with os.fdopen(file_descriptor, 'w', encoding='utf-8') as json_file:
       json_file.write(text)
       json_file.write('\n')
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp_path, 0o666 & ~umask)  # mkstemp makes 0600; use the usual mode.
     os.replace(temp_path, path)
   except BaseException:
     if os.path.exists(temp_path):

@@ -78,6 +78,18 @@ def input_options(strategy: tf.distribute.Strategy) -> Optional[tf.distribute.In
   return None
 
 
+def make_iterator(strategy: tf.distribute.Strategy, input_fn: InputFn) -> Any:
+  """The training input iterator; a checkpointable one where TF allows it.
+
+  MirroredStrategy (any number of devices): per-replica tf.data iterators inside the
+  distributed one, whose positions are checkpointed. OneDeviceStrategy and
+  MultiWorkerMirroredStrategy: the distributed iterator, whose position is not (a
+  plain tf.data iterator under OneDeviceStrategy hung inside the loop here).
+  """
+  return iter(strategy.distribute_datasets_from_function(
+      input_fn, options=input_options(strategy)))
+
+
 def steps_per_loop(train_config: config_lib.TrainConfig, checkpoint_steps: int) -> int:
   """Steps per `tf.function` call: --steps_per_loop, else --checkpoint_steps, else <= 100."""
   if train_config.steps_per_loop:
@@ -210,9 +222,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   keras.utils.set_random_seed(train_config.seed)
   if train_config.deterministic:
     tf.config.experimental.enable_op_determinism()
-  dataset = strategy.distribute_datasets_from_function(
-      input_fn, options=input_options(strategy))
-  iterator = iter(dataset)
+  iterator = make_iterator(strategy, input_fn)
 
   # 2. Model and optimizer, built before the first step.
   with strategy.scope():
