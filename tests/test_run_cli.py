@@ -69,14 +69,18 @@ def test_train_then_eval_then_resume(cifar10_dir, tmp_path):
   assert [name for name in os.listdir(model_dir) if name.endswith('.tmp')] == []
 
   # The same command with more steps continues at step 4 under the 6-step schedule.
-  second = _run(_command(model_dir, cifar10_dir, '--mode=train', '--train_steps=6'))
+  second = _run(_command(model_dir, cifar10_dir, '--mode=train', '--train_steps=6',
+                         '--steps_per_loop=1'))
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'Resuming from' in second.stdout
-  assert 'step 6/6 (100.0%)' in second.stdout and 'step 2/6' not in second.stdout
+  assert 'step 5/6' in second.stdout and 'step 6/6 (100.0%)' in second.stdout
+  assert 'step 2/6' not in second.stdout
   assert tf.train.latest_checkpoint(str(model_dir)).endswith('ckpt-6')
   learning_rates = _scalars(str(model_dir), 'learning_rate')
   assert learning_rates[2] == pytest.approx(_official_learning_rate(2, 4), abs=1e-7)
-  # Step 6 of the resumed run logs the 6-step schedule's value.
+  # The resumed steps follow the 6-step schedule (a 4-step one would give 0 at step 5).
+  assert learning_rates[5] == pytest.approx(_official_learning_rate(5, 6), abs=1e-7)
+  assert learning_rates[5] > 1e-3
   assert learning_rates[6] == pytest.approx(_official_learning_rate(6, 6), abs=1e-7)
 
   # Finetuning from this run with another depth is refused on one line.
