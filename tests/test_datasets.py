@@ -366,6 +366,7 @@ print('RESULT', total, steps, shapes)
 '''
 
 
+@pytest.mark.slow  # About 20-30 s on 2 shared cores (a fresh TF runtime).
 def test_mirrored_strategy_eval_and_pretrain(tmp_path):
   _constant_color_folder(tmp_path, 7)
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL='2')
@@ -394,9 +395,7 @@ def test_view_pairs_and_png_grid(tmp_path):
   np.testing.assert_array_equal(pairs[:, :, 8:], images[4:])   # Right: view 2 of the same rows.
   summary_pairs = visualize.view_pairs(tf.constant(images), max_images=3)
   assert summary_pairs.shape == (3, 8, 16, 3)
-  path = str(tmp_path / 'grid.png')
-  visualize.main(['--out', path, '--dataset=image_folder', f'--data_dir={tmp_path / "data"}',
-                  '--image_size=8', '--num_images=4', '--columns=2', '--scale=2'])
+  path = visualize.save_grid(pairs, str(tmp_path / 'grid.png'), columns=2, scale=2)
   with Image.open(path) as grid:
     # 2 rows x 2 columns of 8x16 pairs with 2 px gaps, upscaled 2x.
     assert grid.size == ((2 * 16 + 3 * 2) * 2, (2 * 8 + 3 * 2) * 2)
