@@ -6,7 +6,8 @@ One export serves three kinds of consumers:
   feature vector [batch, features] (`final_avg_pool`) and fine-tunes the encoder,
   BN moving statistics included. `arguments={'as_dict': True}` (optionally with
   `output_key='block_group4'` etc.) returns the named endpoints instead, in training
-  mode too.
+  mode too; `signature='serving_default', signature_outputs_as_dict=True` returns
+  them in inference mode.
 * Keras 3: `keras.layers.TFSMLayer(export_dir, call_endpoint='serve',
   call_training_endpoint='train_call')` returns the dict of named endpoints.
 * Plain TF / TF Serving: `tf.saved_model.load(export_dir)` with the same callables and
@@ -17,12 +18,18 @@ take a `variables` attribute) with:
 
 * `__call__(images, training=False, as_dict=False)`: images float32 [B, H, W, 3] in
   [0, 1], any H and W. Traced for both Python values of `training` (Keras 3 batch
-  norm needs a Python bool) and of `as_dict`.
+  norm needs a Python bool) and of `as_dict`. The feature vector runs the encoder only.
 * `serve(images)` / `train_call(images)`: the endpoint dict in inference / training
-  mode (training mode uses batch statistics and updates the BN moving averages).
-* `variables`, `trainable_variables` and `regularization_losses` (zero-argument
-  functions, one L2 term `weight_decay * sum(w**2) / 2` per trainable kernel).
-* the `serving_default` signature: `serve` with a fixed input name `images`.
+  mode (training mode uses batch statistics and updates the BN moving averages):
+  `initial_conv`, `initial_max_pool`, `block_group1`..`block_group4`,
+  `final_avg_pool`, `ft_hidden`, `proj_head_output` and `logits_sup` (those the model
+  returns), all float32.
+* `variables` (all of the model's), `trainable_variables` (the encoder's trainable
+  ones: the heads get no gradient from the feature vector) and
+  `regularization_losses` (zero-argument functions, `weight_decay * sum(w**2) / 2` per
+  trainable encoder kernel; none when `weight_decay` is 0).
+* `image_size`: an int32 variable, the training image size (0 if unknown).
+* the `serving_default` signature: `serve` with the input named `images`.
 
 The export is written to a temporary directory next to `export_dir` and renamed into
 place, so a reader never sees a half-written export.
@@ -35,7 +42,7 @@ import os
 import re
 import socket
 import uuid
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 import keras
 
@@ -70,15 +77,32 @@ def _l2_loss_factory(variable: tf.Variable, weight_decay: float) -> Callable[[],
   return regularization_loss
 
 
+def _tracing_for_save(options: tf.saved_model.SaveOptions) -> contextlib.AbstractContextManager:
+  """Traces as `tf.saved_model.save` does, so saving reuses the traces (~35% faster).
+
+  `tf.saved_model.save` retraces every function traced outside its save context.
+  Falls back to no context if TensorFlow's internal module moves.
+  """
+  try:
+    # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+    from tensorflow.python.saved_model import save_context
+    return save_context.save_context(options)
+  except (ImportError, AttributeError):
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def _per_replica_batch_norm(model: Any) -> Iterator[None]:
   """Traces synchronized BN layers as plain BN (restored on exit).
 
-  Outside a strategy a synchronized BN all-reduces over the one default replica (an
-  identity) through a custom gradient that SavedModel cannot save, so every load
-  warns "unsaved custom gradients". The statistics are the same either way.
+  Outside a strategy a Keras synchronized BN all-reduces over the one default replica
+  (an identity) through a custom gradient that SavedModel cannot save, so every load
+  would warn "unsaved custom gradients" (63 lines for ResNet-18). The statistics are
+  the same, computed as plain BN does (mean of squared deviations rather than
+  E[x^2] - E[x]^2, which is the more accurate in float32).
   """
-  layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)  # pylint: disable=protected-access
+  all_layers = model._flatten_layers(include_self=True, recursive=True)  # pylint: disable=protected-access
+  layers = [layer for layer in all_layers
             if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized]
   for layer in layers:
     layer.synchronized = False
@@ -219,11 +243,12 @@ def export_encoder(model: Any,
     tf.io.gfile.makedirs(parent)
   temp_dir = _temp_path(export_dir)
   try:
-    # Saving may trace the functions again: keep BN per-replica throughout.
+    options = tf.saved_model.SaveOptions()
     with _per_replica_batch_norm(model):
-      module = build_hub_module(model, image_size=image_size, weight_decay=weight_decay)
-      signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function()}
-      tf.saved_model.save(module, temp_dir, signatures=signatures)
+      with _tracing_for_save(options):
+        module = build_hub_module(model, image_size=image_size, weight_decay=weight_decay)
+        signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function()}
+      tf.saved_model.save(module, temp_dir, signatures=signatures, options=options)
     if tf.io.gfile.exists(export_dir):  # overwrite=True
       old_dir = _temp_path(export_dir)
       tf.io.gfile.rename(export_dir, old_dir)
@@ -295,9 +320,3 @@ def latest_export(model_dir: str) -> Optional[str]:
   """The newest `model_dir/saved_model/<step>` directory, or None."""
   steps = _step_dirs(os.path.join(model_dir, 'saved_model'))
   return os.path.join(model_dir, 'saved_model', str(steps[-1])) if steps else None
-
-
-def endpoint_names(export_dir: str) -> Sequence[str]:
-  """Output names of the `serving_default` signature of an export."""
-  loaded = tf.saved_model.load(export_dir)
-  return sorted(loaded.signatures[SERVING_SIGNATURE].structured_outputs)
