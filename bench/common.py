@@ -258,7 +258,11 @@ def build_train_loop(config: config_lib.Config, strategy: tf.distribute.Strategy
 
 def timed_step_fn(config: config_lib.Config, strategy: tf.distribute.Strategy,
                    num_classes: int, warmup_steps: int) -> tuple[Callable[[], Any], Any]:
-  """Builds the loop, runs the warm-up steps (tracing); returns (one_step, model)."""
+  """Builds the loop, runs the warm-up steps (tracing); returns (one_step, model).
+
+  `one_step.tracing_count()` tells how often the loop function was traced (1 when
+  nothing retraces).
+  """
   train_loop, model, _ = build_train_loop(config, strategy, num_classes)
   per_replica_batch = config.train.train_batch_size // strategy.num_replicas_in_sync
   batch = random_batch(config, per_replica_batch, num_classes, config.train.seed)
@@ -266,5 +270,10 @@ def timed_step_fn(config: config_lib.Config, strategy: tf.distribute.Strategy,
       lambda context: tf.data.Dataset.from_tensors(batch).repeat())
   iterator = iter(dataset)
   train_loop(iterator, tf.constant(max(1, warmup_steps), tf.int32)).numpy()
-  one_step = tf.constant(1, tf.int32)
-  return lambda: train_loop(iterator, one_step).numpy(), model
+  num_steps = tf.constant(1, tf.int32)
+
+  def one_step() -> Any:
+    return train_loop(iterator, num_steps).numpy()
+
+  one_step.tracing_count = train_loop.experimental_get_tracing_count  # type: ignore[attr-defined]
+  return one_step, model

@@ -141,6 +141,7 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
           'steps': steps,
       },
       'load_average_1min': common.load_average(),
+      'tracing_count': one_step.tracing_count(),
       **comparison,
   }
 

@@ -74,6 +74,7 @@ def test_train_step_bench_prints_json_last():
   for key in KEYS:
     assert result[key] > 0, key
   assert result['config']['cifar_stem'] and result['config']['fused_batch_norm']
+  assert result['tracing_count'] == 1  # Warm-up and timed steps share one trace.
   # Encoder at 16 px + projection head (3 dense 512x512 -> 512x128) + supervised head.
   heads = 2 * (512 * 512 * 2 + 512 * 128 + 512 * 10)
   assert result['forward_flops_per_view'] == _resnet18_cifar_forward_flops(16) + heads

@@ -1,9 +1,11 @@
 """--mixed_precision=bfloat16 training tracks float32: the loss curves of the real
 training step (bench/common's copy of tf_simclr.train's loop) on one fixed batch.
 
-Tolerance: every step's total loss within 2% (relative) of the float32 run's. bf16
-keeps 8 mantissa bits (relative rounding 2^-9 = 0.2% per value); BN statistics, the
+Tolerance: at every step |loss_bf16 - loss_fp32| <= 3% of the initial float32 loss.
+bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 0.2% per value); BN statistics, the
 projection and the loss are float32, so the curves differ by accumulated rounding only.
+The tolerance is relative to the initial loss because the curve falls towards 0 on the
+fixed batch, where relative differences of tiny values mean nothing.
 """
 
 import tempfile
@@ -16,7 +18,7 @@ from bench import common
 from tf_simclr import config as config_lib
 from tf_simclr import metrics as metrics_lib
 
-RELATIVE_TOLERANCE = 0.02
+TOLERANCE_OF_INITIAL_LOSS = 0.03
 
 
 def _loss_curve(mixed_precision: str, steps: int) -> np.ndarray:
@@ -47,9 +49,10 @@ def _loss_curve(mixed_precision: str, steps: int) -> np.ndarray:
 def _check(steps: int) -> None:
   float32 = _loss_curve('float32', steps)
   bfloat16 = _loss_curve('bfloat16', steps)
-  assert float32[-1] < float32[0]  # It trains: the curve is worth comparing.
-  relative = np.abs(bfloat16 - float32) / np.abs(float32)
-  assert np.max(relative) <= RELATIVE_TOLERANCE, (float32, bfloat16)
+  assert float32[-1] < 0.5 * float32[0]  # It trains: the curve is worth comparing.
+  assert bfloat16[-1] < 0.5 * bfloat16[0]
+  deviation = np.max(np.abs(bfloat16 - float32)) / float32[0]
+  assert deviation <= TOLERANCE_OF_INITIAL_LOSS, (deviation, float32, bfloat16)
 
 
 def test_bfloat16_loss_tracks_float32_10_steps():

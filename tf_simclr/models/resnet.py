@@ -64,7 +64,9 @@ def batch_norm(*,
   """
   if 'batch_normalization' not in name:
     raise ValueError(f'BN layer name {name!r} must contain "batch_normalization".')
-  return keras.layers.BatchNormalization(
+  # A keras.layers.BatchNormalization computed with fused kernels (bench/, issue 6).
+  from tf_simclr.models.fast_batch_norm import FusedBatchNormalization  # pylint: disable=g-import-not-at-top
+  return FusedBatchNormalization(
       axis=-1,
       momentum=momentum,
       epsilon=BATCH_NORM_EPSILON,
