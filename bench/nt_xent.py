@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
     print(f'NT-Xent b={batch_size} ({2 * batch_size}x{2 * batch_size} logits): '
           f"{measured['seconds']:.3f} s fwd+bwd, {measured['flops'] / 1e9:.1f} GFLOP, "
           f"peak RSS {measured['peak_rss_mb']:.0f} MiB "
-          f"(+{measured['rss_increase_mb']:.0f}; one logits matrix "
+          f"(+{measured['rss_increase_mb']:.0f}; the 2b x 2b float32 logits are "
           f"{measured['logits_mb']:.0f} MiB)", flush=True)
   if FLAGS.reference_image_size:
     reference = time_resnet50_per_image(FLAGS.reference_image_size,
@@ -113,7 +113,7 @@ def main(argv: list[str]) -> None:
       measured['resnet50_step_seconds_extrapolated'] = step
       measured['fraction_of_resnet50_step'] = measured['seconds'] / step
       print(f"b={measured['batch_size']}: NT-Xent is "
-            f"{100 * measured['fraction_of_resnet50_step']:.2f}% of a ResNet-50 "
+            f"{100 * measured['fraction_of_resnet50_step']:.3g}% of a ResNet-50 "
             f"{reference['image_size']}px step (extrapolated linearly from "
             f"{reference['seconds_per_image']:.3f} s/image measured at batch "
             f"{reference['batch_size']}: {step:.0f} s)", flush=True)
