@@ -1,8 +1,13 @@
 """Markdown tables of all flags, for the README.
 
-Usage: `python -m flags.table` prints the official-flag table and ours; the README
-section is kept equal to this output (tests/test_flags.py checks it).
+Usage: `python -m flags.table` prints the official-flag table and ours;
+`python -m flags.table --update README.md` rewrites the README section between the
+`<!-- flag-table:start -->` and `<!-- flag-table:end -->` markers with it
+(tests/test_flags.py checks that the README equals this output).
 """
+
+import pathlib
+import sys
 
 from absl import flags as absl_flags
 
@@ -60,5 +65,25 @@ def markdown() -> str:
       '\n### Flags of ours\n\n' + our_table())
 
 
+START_MARKER = '<!-- flag-table:start -->'
+END_MARKER = '<!-- flag-table:end -->'
+
+
+def update_readme(path: str) -> None:
+  """Replaces the text between the flag-table markers of `path` with `markdown()`."""
+  readme = pathlib.Path(path)
+  text = readme.read_text(encoding='utf-8')
+  start, end = text.find(START_MARKER), text.find(END_MARKER)
+  if start < 0 or end < start:
+    raise SystemExit(f'error: {path} lacks the markers {START_MARKER} ... {END_MARKER}.')
+  head = text[:start + len(START_MARKER)]
+  readme.write_text(head + '\n' + markdown() + text[end:], encoding='utf-8')
+
+
 if __name__ == '__main__':
-  print(markdown(), end='')
+  if len(sys.argv) == 3 and sys.argv[1] == '--update':
+    update_readme(sys.argv[2])
+  elif len(sys.argv) == 1:
+    print(markdown(), end='')
+  else:
+    raise SystemExit('usage: python -m flags.table [--update README.md]')
