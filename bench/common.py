@@ -21,7 +21,6 @@ if REPO_ROOT not in sys.path:  # `python bench/x.py` from anywhere.
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
-from tf_simclr import losses  # pylint: disable=g-import-not-at-top
 from tf_simclr import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr import optim  # pylint: disable=g-import-not-at-top
 from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -193,15 +192,13 @@ def build_train_loop(config: config_lib.Config, strategy: tf.distribute.Strategy
                      num_classes: int) -> tuple[Callable[..., tf.Tensor], Any, Any]:
   """Model, optimizer and the `train_loop(iterator, num_steps)` of tf_simclr.train.
 
-  Mirrors `tf_simclr.train.train` step for step (same model builder, schedule,
-  optimizer, losses and loop structure).
+  The model builder, schedule and optimizer are `train.train`'s; the step and loop are
+  `train.build_train_step` and `train.build_train_loop` themselves.
 
   Returns:
     (train_loop, model, optimizer).
   """
   train_config = config.train
-  num_replicas = strategy.num_replicas_in_sync
-  pretrain = train_config.train_mode == 'pretrain'
   with strategy.scope():
     model = train_lib.build_model_for(config, num_classes)
     total_steps = max(1, train_config.train_steps)
@@ -211,48 +208,10 @@ def build_train_loop(config: config_lib.Config, strategy: tf.distribute.Strategy
         config.optim.learning_rate_scaling)
     optimizer = optim.build_optimizer(config.optim, learning_rate)
     optimizer.build(model.trainable_variables)
-  supervised = model.supervised_head is not None
-  metric_names = metrics_lib.train_metric_names(pretrain, supervised)
-
-  def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
-    images, labels = batch['image'], batch['label']
-    values = {}
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      loss = tf.constant(0.0)
-      if pretrain:
-        contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
-            tf.cast(outputs['proj_head_output'], tf.float32),
-            temperature=config.loss.temperature, hidden_norm=config.loss.hidden_norm,
-            replica_context=tf.distribute.get_replica_context())
-        values['contrast_loss'] = contrast_loss
-        values.update(losses.contrastive_metrics(logits_ab, contrast_labels))
-        loss += contrast_loss
-      if supervised:
-        sup_labels = tf.concat([labels, labels], 0) if pretrain else labels
-        logits = tf.cast(outputs['logits_sup'], tf.float32)
-        values['supervised_loss'] = losses.supervised_loss(sup_labels, logits)
-        values['supervised_acc'] = losses.supervised_accuracy(sup_labels, logits)
-        loss += values['supervised_loss']
-      values['weight_decay'] = optim.weight_decay_loss(model, config.optim)
-      loss += values['weight_decay']
-      values['total_loss'] = loss
-      scaled_loss = loss / num_replicas
-    variables = model.trainable_variables
-    gradients = tape.gradient(scaled_loss, variables)
-    optimizer.apply_gradients(zip(gradients, variables))
-    return metrics_lib.pack(values, metric_names)
-
-  step_fn = tf.function(train_step, jit_compile=True) if train_config.jit_compile else train_step
-
-  @tf.function
-  def train_loop(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-    sums = tf.zeros([len(metric_names)], tf.float32)
-    for _ in tf.range(num_steps):
-      per_replica = strategy.run(step_fn, args=(next(iterator),))
-      sums += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
-    return sums
-
+  metric_names = metrics_lib.train_metric_names(train_config.train_mode == 'pretrain',
+                                                model.supervised_head is not None)
+  step_fn = train_lib.build_train_step(config, model, optimizer, strategy, metric_names)
+  train_loop = train_lib.build_train_loop(strategy, step_fn, len(metric_names))
   return train_loop, model, optimizer
 
 

@@ -99,20 +99,3 @@ def test_nt_xent_bench_prints_json_last():
   for entry in result['nt_xent']:
     assert entry['seconds'] > 0 and entry['peak_rss_mb'] > 0
     assert entry['flops'] == 3 * 8 * entry['batch_size'] ** 2 * 128
-
-
-def _code_lines(function_source: str) -> list[str]:
-  return [line.strip() for line in function_source.splitlines()
-          if line.strip() and not line.strip().startswith('#')]
-
-
-def test_bench_times_the_training_step_of_train_py():
-  """bench/common.build_train_loop's step and loop are tf_simclr.train's, line for line."""
-  def block(path: pathlib.Path) -> list[str]:
-    text = path.read_text()
-    start = text.index('  def train_step(')
-    end = text.index('return sums', start)
-    return _code_lines(text[start:end])
-
-  assert block(REPO_ROOT / 'bench' / 'common.py') == block(
-      REPO_ROOT / 'tf_simclr' / 'train.py')

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -181,6 +181,96 @@ def _write_augmentation_images(config: config_lib.Config, input_fn: InputFn,
     print(f'note: augmentation image summary skipped ({error}).', file=sys.stderr)
 
 
+def start_knn_monitor(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                      num_classes: int, model: SimCLRModel, step: int, writer: Any,
+                      chief: bool, verbose: bool) -> Any:
+  """The kNN monitor of --knn_every_steps (None when off); on a fresh start it also
+  measures the randomly initialised encoder at step 0."""
+  from tf_simclr import knn  # pylint: disable=g-import-not-at-top
+  monitor = knn.monitor_for(config, strategy, num_classes)
+  if monitor is not None and step == 0:
+    monitor.run_during_training(model, step, writer, chief, verbose)
+  return monitor
+
+
+def build_train_step(config: config_lib.Config, model: SimCLRModel,
+                     optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+                     metric_names: Optional[Sequence[str]] = None
+                     ) -> Callable[[dict[str, tf.Tensor]], tf.Tensor]:
+  """The per-replica training step: loss, gradient, optimizer update.
+
+  Args:
+    config: the run's configuration (losses, weight decay, --jit_compile).
+    model: the SimCLRModel, built in `strategy.scope()`.
+    optimizer: built on `model.trainable_variables` in `strategy.scope()`.
+    strategy: the strategy the step runs under (its replica count scales the loss).
+    metric_names: the packed metrics' order; default
+      `metrics.train_metric_names(pretrain, supervised)`.
+
+  Returns:
+    `step(batch) -> [len(metric_names)]` float32 metrics, to call in `strategy.run`;
+    batch is a per-replica {'image': [2b or b, H, W, 3], 'label': [b, classes], ...}.
+  """
+  num_replicas = strategy.num_replicas_in_sync
+  pretrain = config.train.train_mode == 'pretrain'
+  supervised = model.supervised_head is not None
+  if metric_names is None:
+    metric_names = metrics_lib.train_metric_names(pretrain, supervised)
+
+  def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+    images, labels = batch['image'], batch['label']
+    values = {}
+    with tf.GradientTape() as tape:
+      outputs = model(images, training=True)
+      loss = tf.constant(0.0)
+      if pretrain:
+        contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
+            tf.cast(outputs['proj_head_output'], tf.float32),
+            temperature=config.loss.temperature, hidden_norm=config.loss.hidden_norm,
+            replica_context=tf.distribute.get_replica_context())
+        values['contrast_loss'] = contrast_loss
+        values.update(losses.contrastive_metrics(logits_ab, contrast_labels))
+        loss += contrast_loss
+      if supervised:
+        # Pretraining feeds two views: the labels hold for both.
+        sup_labels = tf.concat([labels, labels], 0) if pretrain else labels
+        logits = tf.cast(outputs['logits_sup'], tf.float32)
+        values['supervised_loss'] = losses.supervised_loss(sup_labels, logits)
+        values['supervised_acc'] = losses.supervised_accuracy(sup_labels, logits)
+        loss += values['supervised_loss']
+      values['weight_decay'] = optim.weight_decay_loss(model, config.optim)
+      loss += values['weight_decay']
+      values['total_loss'] = loss
+      scaled_loss = loss / num_replicas
+    variables = model.trainable_variables
+    gradients = tape.gradient(scaled_loss, variables)
+    optimizer.apply_gradients(zip(gradients, variables))
+    return metrics_lib.pack(values, metric_names)
+
+  if config.train.jit_compile:
+    return tf.function(train_step, jit_compile=True)
+  return train_step
+
+
+def build_train_loop(strategy: tf.distribute.Strategy,
+                     step_fn: Callable[[dict[str, tf.Tensor]], tf.Tensor],
+                     num_metrics: int) -> Callable[[Any, tf.Tensor], tf.Tensor]:
+  """`train_loop(iterator, num_steps)`: one tf.function running `num_steps` steps.
+
+  Returns the sum over the steps of the replica-mean metrics, [num_metrics] float32.
+  """
+
+  @tf.function
+  def train_loop(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
+    sums = tf.zeros([num_metrics], tf.float32)
+    for _ in tf.range(num_steps):
+      per_replica = strategy.run(step_fn, args=(next(iterator),))
+      sums += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+    return sums
+
+  return train_loop
+
+
 def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
           input_fn: Optional[InputFn] = None,
           data_sizes: Optional[Any] = None,
@@ -255,50 +345,15 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   step = int(optimizer.iterations.numpy())
 
   # 4. The step function and the multi-step loop.
-  def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
-    images, labels = batch['image'], batch['label']
-    values = {}
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      loss = tf.constant(0.0)
-      if pretrain:
-        contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
-            tf.cast(outputs['proj_head_output'], tf.float32),
-            temperature=config.loss.temperature, hidden_norm=config.loss.hidden_norm,
-            replica_context=tf.distribute.get_replica_context())
-        values['contrast_loss'] = contrast_loss
-        values.update(losses.contrastive_metrics(logits_ab, contrast_labels))
-        loss += contrast_loss
-      if supervised:
-        # Pretraining feeds two views: the labels hold for both.
-        sup_labels = tf.concat([labels, labels], 0) if pretrain else labels
-        logits = tf.cast(outputs['logits_sup'], tf.float32)
-        values['supervised_loss'] = losses.supervised_loss(sup_labels, logits)
-        values['supervised_acc'] = losses.supervised_accuracy(sup_labels, logits)
-        loss += values['supervised_loss']
-      values['weight_decay'] = optim.weight_decay_loss(model, config.optim)
-      loss += values['weight_decay']
-      values['total_loss'] = loss
-      scaled_loss = loss / num_replicas
-    variables = model.trainable_variables
-    gradients = tape.gradient(scaled_loss, variables)
-    optimizer.apply_gradients(zip(gradients, variables))
-    return metrics_lib.pack(values, metric_names)
-
-  step_fn = tf.function(train_step, jit_compile=True) if train_config.jit_compile else train_step
-
-  @tf.function
-  def train_loop(iterator: Any, num_steps: tf.Tensor) -> tf.Tensor:
-    sums = tf.zeros([len(metric_names)], tf.float32)
-    for _ in tf.range(num_steps):
-      per_replica = strategy.run(step_fn, args=(next(iterator),))
-      sums += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
-    return sums
+  step_fn = build_train_step(config, model, optimizer, strategy, metric_names)
+  train_loop = build_train_loop(strategy, step_fn, len(metric_names))
 
   writer = (tf.summary.create_file_writer(model_dir) if chief
             else tf.summary.create_noop_writer())
   if chief and step == 0:
     _write_augmentation_images(config, input_fn, writer, step)
+  knn_monitor = start_knn_monitor(config, strategy, sizes.num_classes, model, step,
+                                  writer, chief, verbose)
   progress = progress_lib.Progress(total_steps, train_config.train_batch_size, step)
   result: dict[str, float] = {}
   try:
@@ -323,6 +378,8 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
             shown[name] = loop_metrics[name]
         shown['lr'] = current_lr
         progress.report(step, shown)
+      if knn_monitor is not None and knn_monitor.is_due(step - num_steps, step, total_steps):
+        result.update(knn_monitor.run_during_training(model, step, writer, chief, verbose))
       if step % checkpoint_steps == 0 or step >= total_steps:
         saver.save(step)
         last_saved_step = step
