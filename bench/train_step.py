@@ -43,6 +43,7 @@ import flags as simclr_flags
 from tf_simclr import config as config_lib
 from tf_simclr import strategy as strategy_lib
 from tf_simclr.models import fast_batch_norm
+from tf_simclr.models import fast_conv
 
 simclr_flags.define_flags()
 absl_flags.DEFINE_integer('bench_steps', 10, 'Timed training steps.')
@@ -59,35 +60,44 @@ absl_flags.DEFINE_bool('bench_compare_keras_batch_norm', False,
                        'Also time the same step with the Keras BatchNormalization '
                        'computation, alternating steps with the fused one, and report '
                        'the speed-up.')
+absl_flags.DEFINE_bool('bench_fast_conv_gradient', True,
+                       'Compute conv input gradients by forward convolutions (CPU; '
+                       'False: TensorFlow\'s Conv2DBackpropInput, for comparison).')
+absl_flags.DEFINE_bool('bench_compare_plain_conv_gradient', False,
+                       'Also time the same step with TensorFlow\'s conv input gradient, '
+                       'alternating steps with ours, and report the speed-up.')
 FLAGS = absl_flags.FLAGS
 
 KEYS = ('images_per_sec', 'model_flops_per_image', 'matmul_flops_per_sec_fp32',
         'matmul_flops_per_sec_bf16', 'mfu', 'peak_rss_mb')
 
 
-def compare_keras_batch_norm(config: config_lib.Config, strategy: tf.distribute.Strategy,
-                             one_step: Callable[[], Any], *, num_classes: int, steps: int,
-                             warmup_steps: int) -> dict[str, float]:
-  """Times the step with Keras BN computation, alternating with `one_step`."""
-  enabled = fast_batch_norm.fused_batch_norm_enabled()
-  fast_batch_norm.set_fused_batch_norm_enabled(False)
+def compare_alternating(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                        one_step: Callable[[], Any], set_enabled: Callable[[bool], None],
+                        enabled: bool, *, num_classes: int, steps: int,
+                        warmup_steps: int) -> tuple[float, float]:
+  """Times `one_step` against the same step built with `set_enabled(False)`.
+
+  The two steps alternate, so both see the same machine load. Returns the median step
+  seconds (ours, theirs).
+  """
+  set_enabled(False)
   try:
-    keras_step, _ = common.timed_step_fn(config, strategy, num_classes, warmup_steps)
+    other_step, _ = common.timed_step_fn(config, strategy, num_classes, warmup_steps)
   finally:
-    fast_batch_norm.set_fused_batch_norm_enabled(enabled)
+    set_enabled(enabled)
   ours, theirs = [], []
   for _ in range(steps):
     ours += common.time_calls(one_step, 1)
-    theirs += common.time_calls(keras_step, 1)
-  return {'step_seconds_median_alternating': common.median(ours),
-          'step_seconds_median_keras_batch_norm': common.median(theirs),
-          'speedup_vs_keras_batch_norm': common.median(theirs) / common.median(ours)}
+    theirs += common.time_calls(other_step, 1)
+  return common.median(ours), common.median(theirs)
 
 
 def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
                   num_classes: int, steps: int, warmup_steps: int,
                   matmul_sizes: list[int],
-                  compare_keras_batch_norm_steps: int = 0) -> dict[str, Any]:
+                  compare_keras_batch_norm_steps: int = 0,
+                  compare_plain_conv_gradient_steps: int = 0) -> dict[str, Any]:
   """Times the training step; returns the result dict (KEYS plus details)."""
   num_replicas = strategy.num_replicas_in_sync
   global_batch = config.train.train_batch_size
@@ -97,9 +107,21 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
   peak_rss = common.peak_rss_mb()
   comparison = {}
   if compare_keras_batch_norm_steps:
-    comparison = compare_keras_batch_norm(
-        config, strategy, one_step, num_classes=num_classes,
+    ours, theirs = compare_alternating(
+        config, strategy, one_step, fast_batch_norm.set_fused_batch_norm_enabled,
+        fast_batch_norm.fused_batch_norm_enabled(), num_classes=num_classes,
         steps=compare_keras_batch_norm_steps, warmup_steps=warmup_steps)
+    comparison.update({'step_seconds_median_alternating': ours,
+                       'step_seconds_median_keras_batch_norm': theirs,
+                       'speedup_vs_keras_batch_norm': theirs / ours})
+  if compare_plain_conv_gradient_steps:
+    ours, theirs = compare_alternating(
+        config, strategy, one_step, fast_conv.set_fast_conv_gradient_enabled,
+        fast_conv.fast_conv_gradient_enabled(), num_classes=num_classes,
+        steps=compare_plain_conv_gradient_steps, warmup_steps=warmup_steps)
+    comparison.update({'step_seconds_median_alternating_conv': ours,
+                       'step_seconds_median_plain_conv_gradient': theirs,
+                       'speedup_vs_plain_conv_gradient': theirs / ours})
   step_seconds = common.median(durations)
   images_per_sec = global_batch / step_seconds
 
@@ -137,6 +159,7 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
           'jit_compile': config.train.jit_compile,
           'global_bn': config.model.global_bn,
           'fused_batch_norm': fast_batch_norm.fused_batch_norm_enabled(),
+          'fast_conv_gradient': fast_conv.fast_conv_gradient_enabled(),
           'replicas': num_replicas,
           'steps': steps,
       },
@@ -162,11 +185,15 @@ def main(argv: list[str]) -> None:
   except ValueError as error:
     sys.exit(f'error: {error}')
   fast_batch_norm.set_fused_batch_norm_enabled(FLAGS.bench_fused_batch_norm)
+  fast_conv.set_fast_conv_gradient_enabled(FLAGS.bench_fast_conv_gradient)
   result = run_benchmark(config, strategy, num_classes=FLAGS.bench_num_classes,
                          steps=FLAGS.bench_steps, warmup_steps=FLAGS.bench_warmup_steps,
                          matmul_sizes=matmul_sizes,
                          compare_keras_batch_norm_steps=(
-                             FLAGS.bench_steps if FLAGS.bench_compare_keras_batch_norm else 0))
+                             FLAGS.bench_steps if FLAGS.bench_compare_keras_batch_norm else 0),
+                         compare_plain_conv_gradient_steps=(
+                             FLAGS.bench_steps if FLAGS.bench_compare_plain_conv_gradient
+                             else 0))
   print(f"{result['images_per_sec']:.2f} images/s "
         f"({result['step_seconds_median']:.3f} s/step median of {FLAGS.bench_steps}), "
         f"{result['model_flops_per_image'] / 1e9:.2f} GFLOP/image-step, "
@@ -178,6 +205,9 @@ def main(argv: list[str]) -> None:
   if 'speedup_vs_keras_batch_norm' in result:
     print(f"fused BN vs Keras BN step (alternating): "
           f"{result['speedup_vs_keras_batch_norm']:.3f}x", flush=True)
+  if 'speedup_vs_plain_conv_gradient' in result:
+    print(f"fast conv input gradient vs TF's (alternating): "
+          f"{result['speedup_vs_plain_conv_gradient']:.3f}x", flush=True)
   print(json.dumps(result, sort_keys=True), flush=True)
 
 

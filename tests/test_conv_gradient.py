@@ -1,0 +1,148 @@
+"""fast_conv.conv2d: same outputs and gradients as TensorFlow's own conv gradient."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_simclr.models import fast_conv
+from tf_simclr.models import resnet
+
+
+def _reference(inputs, kernel, stride):
+  """The official conv with TF's registered gradients (tf.pad + VALID / SAME)."""
+  if stride == 1:
+    return tf.nn.conv2d(inputs, kernel, 1, 'SAME')
+  pad_total = kernel.shape[0] - 1
+  begin = pad_total // 2
+  padded = tf.pad(inputs, [[0, 0], [begin, pad_total - begin], [begin, pad_total - begin],
+                           [0, 0]])
+  return tf.nn.conv2d(padded, kernel, stride, 'VALID')
+
+
+def _gradients(function, inputs, kernel, stride, upstream):
+  with tf.GradientTape() as tape:
+    tape.watch([inputs, kernel])
+    outputs = function(inputs, kernel, stride)
+    loss = tf.reduce_sum(tf.cast(outputs, tf.float32) * upstream)
+  return (outputs,) + tuple(tape.gradient(loss, [inputs, kernel]))
+
+
+# (height, width, kernel, stride): every conv of the ResNets (3x3 / 1x1 at stride 1 and 2,
+# 7x7 stride-2 stem), odd and even sizes, spatial sizes down to 1, and other kernels.
+CASES = [(8, 8, 3, 1), (5, 7, 3, 1), (1, 1, 3, 1), (6, 6, 1, 1), (8, 8, 3, 2), (7, 9, 3, 2),
+         (8, 8, 1, 2), (5, 5, 1, 2), (2, 2, 3, 2), (1, 1, 3, 2), (12, 11, 7, 2), (9, 9, 5, 3),
+         (6, 5, 2, 1), (7, 6, 4, 2)]  # Even kernels: asymmetric padding.
+
+
+@pytest.mark.parametrize('height,width,kernel_size,stride', CASES)
+def test_gradients_equal_tf_gradients_float32(height, width, kernel_size, stride):
+  generator = tf.random.Generator.from_seed(kernel_size * 100 + height * 10 + stride)
+  inputs = generator.normal([3, height, width, 5])
+  kernel = generator.normal([kernel_size, kernel_size, 5, 4])
+  expected = _gradients(_reference, inputs, kernel, stride, 1.0)
+  upstream = generator.normal(expected[0].shape)
+  expected = _gradients(_reference, inputs, kernel, stride, upstream)
+  assert fast_conv.uses_fast_gradient(inputs, stride)
+  got = tf.function(lambda x, w: _gradients(fast_conv.conv2d, x, w, stride, upstream))(
+      inputs, kernel)
+  for name, value, reference in zip(('outputs', 'd_inputs', 'd_kernel'), got, expected):
+    assert value.shape == reference.shape, name
+    np.testing.assert_allclose(value.numpy(), reference.numpy(), rtol=1e-5, atol=1e-4,
+                               err_msg=name)
+
+
+@pytest.mark.parametrize('kernel_size,stride', [(3, 1), (3, 2), (1, 2)])
+def test_gradients_equal_tf_gradients_bfloat16(kernel_size, stride):
+  generator = tf.random.Generator.from_seed(7)
+  inputs = tf.cast(generator.normal([2, 8, 8, 16]), tf.bfloat16)
+  kernel = tf.cast(generator.normal([kernel_size, kernel_size, 16, 8]), tf.bfloat16)
+  upstream = generator.normal(_reference(inputs, kernel, stride).shape)
+  expected = _gradients(_reference, inputs, kernel, stride, upstream)
+  got = _gradients(fast_conv.conv2d, inputs, kernel, stride, upstream)
+  for value, reference in zip(got, expected):
+    assert value.dtype == tf.bfloat16
+    # Both sum bf16 products; the order differs. bf16 keeps 8 bits of mantissa.
+    scale = float(tf.reduce_max(tf.abs(tf.cast(reference, tf.float32))))
+    np.testing.assert_allclose(tf.cast(value, tf.float32).numpy(),
+                               tf.cast(reference, tf.float32).numpy(), atol=0.02 * scale)
+
+
+def _gradient_op_types(spec, stride):
+  kernel = tf.ones([3, 3, 3, 2])
+
+  def gradient(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(fast_conv.conv2d(x, kernel, stride))
+    return tape.gradient(loss, x)
+
+  graph = tf.function(gradient).get_concrete_function(spec).graph
+  types = {op.type for op in graph.get_operations()}
+  for function in graph._functions.values():  # pylint: disable=protected-access
+    types |= {node.op for node in function.definition.node_def}
+  return types
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_backprop_input_kernel_is_gone_when_sizes_are_known(stride):
+  assert 'Conv2DBackpropInput' not in _gradient_op_types(tf.TensorSpec([2, 8, 8, 3]), stride)
+
+
+def test_unknown_spatial_size_at_stride_2_falls_back_to_tf_gradient():
+  assert 'Conv2DBackpropInput' in _gradient_op_types(tf.TensorSpec([None, None, None, 3]), 2)
+  # Stride 1 needs no sizes.
+  assert 'Conv2DBackpropInput' not in _gradient_op_types(
+      tf.TensorSpec([None, None, None, 3]), 1)
+
+
+def test_switch_off_gives_plain_conv():
+  inputs = tf.zeros([1, 4, 4, 3])
+  try:
+    fast_conv.set_fast_conv_gradient_enabled(False)
+    assert not fast_conv.uses_fast_gradient(inputs, 1)
+  finally:
+    fast_conv.set_fast_conv_gradient_enabled(True)
+  assert fast_conv.uses_fast_gradient(inputs, 1)
+
+
+def _encoder_gradients(policy, weights, cifar_stem, images, fast):
+  """Gradients of a ResNet-18 with these weights under `policy`, fast conv on/off."""
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(policy)
+  fast_conv.set_fast_conv_gradient_enabled(fast)
+  try:
+    encoder = resnet.build_resnet(18, cifar_stem=cifar_stem)
+    if weights is not None:
+      encoder.set_weights(weights)
+
+    @tf.function
+    def gradients(x):
+      with tf.GradientTape() as tape:
+        features = encoder(x, training=True)['final_avg_pool']
+        loss = tf.reduce_sum(tf.square(tf.cast(features, tf.float32)))
+      return tape.gradient(loss, encoder.trainable_variables)
+
+    values = gradients(images)
+    return encoder.get_weights(), tf.concat([tf.reshape(v, [-1]) for v in values], 0)
+  finally:
+    fast_conv.set_fast_conv_gradient_enabled(True)
+    keras.config.set_dtype_policy(previous)
+
+
+@pytest.mark.parametrize('cifar_stem,size', [(True, 16), (False, 64)])
+def test_resnet_gradients_with_and_without_fast_gradient(cifar_stem, size):
+  """A whole ResNet-18: float32 gradients agree; bfloat16 ones are as close to them."""
+  keras.utils.set_random_seed(1)
+  images = tf.random.stateless_uniform([8, size, size, 3], seed=[1, 2])
+  weights, plain = _encoder_gradients('float32', None, cifar_stem, images, fast=False)
+  _, fast = _encoder_gradients('float32', weights, cifar_stem, images, fast=True)
+  scale = float(tf.norm(plain))
+  assert float(tf.norm(fast - plain)) <= 1e-5 * scale
+  _, plain_bf16 = _encoder_gradients('mixed_bfloat16', weights, cifar_stem, images, fast=False)
+  _, fast_bf16 = _encoder_gradients('mixed_bfloat16', weights, cifar_stem, images, fast=True)
+  plain_error = float(tf.norm(plain_bf16 - plain)) / scale
+  fast_error = float(tf.norm(fast_bf16 - plain)) / scale
+  # bf16 rounding through 18 layers moves the gradient by 10-25% here (a random vector
+  # would be off by ~140%); the fast gradient must not add to that.
+  assert plain_error < 0.5 and fast_error < 1.25 * plain_error, (plain_error, fast_error)
