@@ -99,3 +99,16 @@ def test_nt_xent_bench_prints_json_last():
   for entry in result['nt_xent']:
     assert entry['seconds'] > 0 and entry['peak_rss_mb'] > 0
     assert entry['flops'] == 3 * 8 * entry['batch_size'] ** 2 * 128
+
+
+def test_input_pipeline_bench_times_the_real_train_step_on_cifar(cifar10_dir):
+  from bench import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = input_pipeline.train_step_config(str(cifar10_dir), resnet_depth=18, image_size=8,
+                                            batch_size=4)
+  result = input_pipeline.compare_train_step_throughput(
+      config, num_classes=10, steps_per_round=1, rounds=2, warmup_steps=1)
+  assert result['steps'] == 2
+  assert result['tracing_count'] == 1  # Both iterators run the one traced train loop.
+  assert result['ratio'] == pytest.approx(
+      result['pipeline_images_per_s'] / result['fixed_batch_images_per_s'])
+  assert 0.1 < result['ratio'] < 10
