@@ -3,8 +3,11 @@
   python run.py --mode=train_then_eval --train_mode=pretrain --dataset=cifar10 \
       --image_size=32 --resnet_depth=18 --model_dir=/tmp/simclr ...
 
-The flags are those of google-research/simclr tf2/run.py (see `flags/`). Bad input
-(flags, data, checkpoints) ends with one line `error: ...` on stderr and exit code 2.
+The flags are those of google-research/simclr tf2/run.py (see `flags/`). Exit codes:
+0 done; 2 bad input (flags, data, checkpoints: one line `error: ...` on stderr, and
+nothing left in --model_dir by this run); 3 the training loss became NaN/Inf (the last
+good checkpoint is kept); 143 stopped by SIGTERM after saving a checkpoint (run the
+same command again to resume).
 """
 
 import os
@@ -18,12 +21,26 @@ from tf_simclr import config as config_lib
 from tf_simclr import strategy as strategy_lib
 
 EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE_LOSS = 3
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if killed by it, but with a checkpoint saved.
 
 
-def fail(message: str) -> None:
-  """Prints one line `error: message` on stderr and exits with code 2."""
+def fail(message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+  """Prints one line `error: message` on stderr and exits with `exit_code`."""
   print('error: ' + ' '.join(str(message).split()), file=sys.stderr, flush=True)
-  sys.exit(EXIT_BAD_INPUT)
+  sys.exit(exit_code)
+
+
+def _remove_new_files(model_dir: str, before: set[str]) -> None:
+  """Removes what this run added to `model_dir` (and the folder if it is empty now)."""
+  if not os.path.isdir(model_dir):
+    return
+  for name in set(os.listdir(model_dir)) - before:
+    path = os.path.join(model_dir, name)
+    if os.path.isfile(path):
+      os.remove(path)
+  if not os.listdir(model_dir):
+    os.rmdir(model_dir)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -51,6 +68,11 @@ def main(argv: list[str]) -> None:
   from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 
   mode = config.train.mode
+  model_dir = config.train.model_dir
+  files_before = set(os.listdir(model_dir)) if os.path.isdir(model_dir) else set()
+  flags_path = os.path.join(model_dir, 'flags.json')
+  flags_before = open(flags_path).read() if os.path.isfile(flags_path) else None
+  checkpoint_before = checkpoints.latest_complete_checkpoint(model_dir)
   try:
     data_sizes = train_lib.dataset_info(config)
     if mode in ('train', 'train_then_eval'):
@@ -58,8 +80,10 @@ def main(argv: list[str]) -> None:
       if config.train.checkpoint:
         checkpoints.check_compatible(checkpoints.resolve_checkpoint(config.train.checkpoint),
                                      config)
+      if checkpoint_before:  # Before flags.json is replaced: it describes that checkpoint.
+        checkpoints.check_compatible(checkpoint_before, config)
       if checkpoints.is_chief(strategy):
-        checkpoints.write_json_atomic(os.path.join(config.train.model_dir, 'flags.json'),
+        checkpoints.write_json_atomic(os.path.join(model_dir, 'flags.json'),
                                       simclr_flags.flags_to_json())
       train_lib.train(config, strategy, data_sizes=data_sizes)
     if mode == 'train_then_eval':
@@ -67,7 +91,18 @@ def main(argv: list[str]) -> None:
     elif mode == 'eval':
       evaluate_lib.evaluate_continuously(config, strategy, data_sizes=data_sizes)
   except (ValueError, FileNotFoundError) as error:
+    if (mode != 'eval' and checkpoints.is_chief(strategy) and
+        checkpoints.latest_complete_checkpoint(model_dir) == checkpoint_before):
+      # Nothing trained: leave model_dir as it was (no flags.json of a failed start).
+      _remove_new_files(model_dir, files_before)
+      if flags_before is not None:
+        checkpoints.write_json_atomic(flags_path, flags_before)
     fail(str(error))
+  except train_lib.NonFiniteLossError as error:
+    fail(str(error), EXIT_NON_FINITE_LOSS)
+  except train_lib.TrainingPreempted as error:
+    print(f'preempted: {error}', file=sys.stderr, flush=True)
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ from absl import flags as absl_flags
 OFFICIAL_FLAGS = ('dataset', 'data_dir', 'train_split', 'eval_split',
                   'cache_dataset', 'image_size', 'eval_batch_size', 'eval_steps',
                   'color_jitter_strength', 'use_blur')
-OUR_FLAGS = ('color_jitter_impl',)
+OUR_FLAGS = ('color_jitter_impl', 'eval_timeout_secs')
 
 
 def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
@@ -50,3 +50,8 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
       'color_jitter_impl', 'simclrv2', ['simclrv2', 'simclrv1'],
       'Brightness jitter of SimCLRv2 (multiplicative, the official tf2 code) '
       'or SimCLRv1 (additive).', flag_values=flag_values)
+  absl_flags.DEFINE_float(
+      'eval_timeout_secs', 3600.0,
+      '--mode=eval: stop when no new checkpoint appears in --model_dir for this '
+      'many seconds; 0 waits with no limit until the last training step is '
+      'evaluated.', flag_values=flag_values)

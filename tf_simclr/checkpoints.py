@@ -6,13 +6,21 @@ under `model_dir`, so a restarted run continues at the same step, learning rate 
 data position. Under MultiWorkerMirroredStrategy every worker must take part in
 `save` (it runs collectives); only the chief writes to `model_dir`, the others to a
 temporary directory that is deleted.
+
+A save is never seen half-written: TensorFlow writes the data files under
+`ckpt-N_temp/`, then the `ckpt-N.index` file (atomically, by rename), then the
+`checkpoint` state file (atomically). A run killed mid-save leaves the previous state
+file; `latest_complete_checkpoint` also skips any listed checkpoint whose index or
+data shards are missing, and `remove_partial_saves` deletes the leftovers.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Mapping, Optional
@@ -188,6 +196,24 @@ def restore_or_explain(checkpoint: tf.train.Checkpoint, checkpoint_path: str) ->
     ) from None
 
 
+def restore_training_state(checkpoint: tf.train.Checkpoint, checkpoint_path: str) -> Any:
+  """Restores a run's own checkpoint (model, optimizer, step, input position).
+
+  Raises:
+    ValueError: one line when the checkpoint was written for another model or input
+      pipeline (e.g. model_dir holds a run with another --resnet_depth).
+  """
+  try:
+    return checkpoint.restore(checkpoint_path).expect_partial()
+  except (ValueError, AssertionError, tf.errors.OpError) as error:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    model_dir = os.path.dirname(checkpoint_path)
+    raise ValueError(
+        f'--model_dir={model_dir} holds checkpoint {checkpoint_path} of another run that '
+        f'does not fit this one ({first_line[:300]}); use a new --model_dir or the flags '
+        'of that run.') from None
+
+
 def iterator_trackables(iterator: Any) -> dict[str, Any]:
   """The checkpointable per-replica input iterators inside `iterator`.
 
@@ -234,7 +260,8 @@ class CheckpointSaver:
 
   @property
   def latest_checkpoint(self) -> Optional[str]:
-    return self._read_manager.latest_checkpoint
+    """The newest complete checkpoint of `model_dir` (None when there is none)."""
+    return latest_complete_checkpoint(self._read_manager.directory)
 
   def save(self, step: int) -> str:
     """Saves as `ckpt-<step>`; returns the path (a temporary one off the chief)."""
@@ -244,3 +271,70 @@ class CheckpointSaver:
     if self._temp_dir is not None:
       shutil.rmtree(self._temp_dir, ignore_errors=True)
       self._temp_dir = None
+
+
+_DATA_SHARD = re.compile(r'\.data-(\d{5})-of-(\d{5})$')
+
+
+def is_complete_checkpoint(prefix: str) -> bool:
+  """Whether `prefix.index` and all of its `prefix.data-*-of-N` shards exist and read."""
+  if not os.path.isfile(prefix + '.index'):
+    return False
+  shards = glob.glob(glob.escape(prefix) + '.data-*-of-*')
+  counts = {int(match.group(2)) for match in map(_DATA_SHARD.search, shards) if match}
+  if len(counts) != 1 or len(shards) != counts.pop():
+    return False
+  try:
+    tf.train.load_checkpoint(prefix)
+  except (tf.errors.OpError, ValueError):
+    return False
+  return True
+
+
+def latest_complete_checkpoint(directory: str) -> Optional[str]:
+  """The newest complete checkpoint in `directory`, or None.
+
+  Candidates, newest first: those the `checkpoint` state file lists, then any other
+  `ckpt-<N>.index` in the directory (by N). A checkpoint with a missing index or data
+  shard (a save killed midway, a file lost) is skipped.
+  """
+  if not directory or not tf.io.gfile.isdir(directory):
+    return None
+  candidates: list[str] = []
+  state = tf.train.get_checkpoint_state(directory)
+  if state is not None:
+    listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    if state.model_checkpoint_path and state.model_checkpoint_path not in listed:
+      listed.append(state.model_checkpoint_path)
+    for path in reversed(listed):
+      candidates.append(path if os.path.isabs(path) else os.path.join(directory, path))
+  found = []
+  for index_path in glob.glob(os.path.join(glob.escape(directory), 'ckpt-*.index')):
+    match = re.fullmatch(r'ckpt-(\d+)\.index', os.path.basename(index_path))
+    if match:
+      found.append((int(match.group(1)), index_path[:-len('.index')]))
+  candidates += [prefix for _, prefix in sorted(found, reverse=True)]
+  for prefix in candidates:
+    if is_complete_checkpoint(prefix):
+      return prefix
+  return None
+
+
+def remove_partial_saves(directory: str) -> list[str]:
+  """Deletes what a save killed midway leaves in `directory`; returns the paths.
+
+  That is `ckpt-N_temp/` folders and data shards of a `ckpt-N` without an index.
+  Call it on the chief only, before training starts.
+  """
+  removed = []
+  if not directory or not os.path.isdir(directory):
+    return removed
+  for path in glob.glob(os.path.join(glob.escape(directory), 'ckpt-*_temp*')):
+    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+    removed.append(path)
+  for path in glob.glob(os.path.join(glob.escape(directory), 'ckpt-*.data-*-of-*')):
+    prefix = _DATA_SHARD.sub('', path)
+    if not os.path.exists(prefix + '.index'):
+      os.remove(path)
+      removed.append(path)
+  return removed

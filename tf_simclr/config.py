@@ -111,6 +111,9 @@ class TrainConfig:
   deterministic: bool = False
   seed: int = 0
   log_every_steps: int = 0         # 0: once per loop
+  # --mode=eval: stop when no new checkpoint appears for this long; 0: no limit
+  # (stop only after the checkpoint of the last training step). Ours.
+  eval_timeout_secs: float = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +258,8 @@ def validate(config: Config, num_replicas: int = 1) -> None:
         'set one of them > 0.')
   check(t.steps_per_loop >= 0, f'--steps_per_loop={t.steps_per_loop} must be >= 0.')
   check(t.log_every_steps >= 0, f'--log_every_steps={t.log_every_steps} must be >= 0.')
+  check(t.eval_timeout_secs >= 0,
+        f'--eval_timeout_secs={t.eval_timeout_secs} must be >= 0 (0: no limit).')
   check(t.mixed_precision in MIXED_PRECISIONS,
         f'--mixed_precision={t.mixed_precision!r} is unknown; use float32 or bfloat16.')
   check(bool(t.model_dir), '--model_dir is required: the directory for checkpoints and results.')

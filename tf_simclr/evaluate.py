@@ -29,7 +29,6 @@ from tf_simclr import train as train_lib
 
 InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
-DEFAULT_EVAL_TIMEOUT_SECS = 3600.0
 NO_LINEAR_EVAL = ('not available: the checkpoint has no trained supervised head '
                   '(pretrained with --lineareval_while_pretraining=False); finetune it '
                   '(--train_mode=finetune --checkpoint=...) or pretrain with '
@@ -174,14 +173,15 @@ def write_eval_results(model_dir: str, result: dict[str, Any]) -> None:
 
 
 def evaluate_continuously(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
-                          timeout_secs: float = DEFAULT_EVAL_TIMEOUT_SECS,
+                          timeout_secs: Optional[float] = None,
                           min_interval_secs: float = 1.0,
                           data_sizes: Optional[Any] = None,
                           input_fn: Optional[InputFn] = None) -> Optional[dict[str, Any]]:
   """Evaluates each new checkpoint of model_dir until the last training step.
 
   Stops after the checkpoint of step `total_train_steps`, or when no new checkpoint
-  appears for `timeout_secs`.
+  appears for `timeout_secs` (default `config.train.eval_timeout_secs`, i.e.
+  --eval_timeout_secs; 0: no limit).
 
   Returns:
     The last result, or None when no checkpoint appeared.
@@ -193,11 +193,14 @@ def evaluate_continuously(config: config_lib.Config, strategy: tf.distribute.Str
   if not tf.io.gfile.isdir(model_dir):
     raise FileNotFoundError(f'--model_dir={model_dir} does not exist; --mode=eval '
                             'evaluates the checkpoints a training run writes there.')
+  if timeout_secs is None:
+    timeout_secs = config.train.eval_timeout_secs
+  wait_limit = timeout_secs or None  # checkpoints_iterator: None waits forever.
   sizes = data_sizes or train_lib.dataset_info(config)
   total_steps = optim.total_train_steps(config.train, sizes.num_train_examples)
   result = None
   for checkpoint_path in tf.train.checkpoints_iterator(
-      model_dir, min_interval_secs=min_interval_secs, timeout=timeout_secs):
+      model_dir, min_interval_secs=min_interval_secs, timeout=wait_limit):
     result = evaluate(config, strategy, checkpoint_path, data_sizes=sizes, input_fn=input_fn)
     if result['global_step'] >= total_steps:
       break

@@ -20,10 +20,11 @@ the global-batch mean.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import re
-import shutil
+import signal
 import sys
+import threading
 from typing import Any, Callable, Optional, Sequence
 
 import keras
@@ -82,12 +83,67 @@ def make_iterator(strategy: tf.distribute.Strategy, input_fn: InputFn) -> Any:
   """The training input iterator; a checkpointable one where TF allows it.
 
   MirroredStrategy (any number of devices): per-replica tf.data iterators inside the
-  distributed one, whose positions are checkpointed. OneDeviceStrategy and
-  MultiWorkerMirroredStrategy: the distributed iterator, whose position is not (a
-  plain tf.data iterator under OneDeviceStrategy hung inside the loop here).
+  distributed one. OneDeviceStrategy: a plain tf.data iterator of the one input
+  pipeline (`strategy.run` moves the batch to the device). Both positions are
+  checkpointed. MultiWorkerMirroredStrategy: the distributed iterator, whose position
+  is not (a resumed multi-worker run restarts its input pipelines).
   """
+  if isinstance(strategy, tf.distribute.OneDeviceStrategy):
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=1)
+    return iter(input_fn(context))
   return iter(strategy.distribute_datasets_from_function(
       input_fn, options=input_options(strategy)))
+
+
+class NonFiniteLossError(RuntimeError):
+  """The training loss became NaN or Inf; no checkpoint was written after it."""
+
+
+class TrainingPreempted(RuntimeError):
+  """SIGTERM arrived; a checkpoint of `step` was written before stopping."""
+
+  def __init__(self, step: int, checkpoint_path: Optional[str]) -> None:
+    super().__init__(f'stopped by SIGTERM at step {step}; checkpoint {checkpoint_path} '
+                     'saved; run the same command again to resume.')
+    self.step = step
+    self.checkpoint_path = checkpoint_path
+
+
+class _TerminationFlag:
+  """Catches SIGTERM while training (main thread only); `requested` says if it came.
+
+  The handler only sets a flag, so a checkpoint being written completes; the loop
+  checks it after each `tf.function` call (at most `steps_per_loop` steps later).
+  """
+
+  def __init__(self) -> None:
+    self.requested = False
+    self._previous = None
+
+  def install(self) -> '_TerminationFlag':
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum: int, frame: Any) -> None:  # pylint: disable=unused-argument
+    self.requested = True
+
+  def uninstall(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def check_finite_loss(loop_metrics: dict[str, float], first_step: int, last_step: int) -> None:
+  """Raises NonFiniteLossError naming the steps when the loop's total loss is NaN/Inf."""
+  loss = loop_metrics['total_loss']
+  if math.isfinite(loss):
+    return
+  steps = f'step {last_step}' if first_step == last_step else (
+      f'steps {first_step}-{last_step}')
+  raise NonFiniteLossError(
+      f'training loss is {loss} at {steps}; stopped without saving these weights (the '
+      'last good checkpoint is kept); lower --learning_rate or check the input images.')
 
 
 def steps_per_loop(train_config: config_lib.TrainConfig, checkpoint_steps: int) -> int:
@@ -137,27 +193,27 @@ def restore_pretrained(model: SimCLRModel, checkpoint_path: str,
     model.supervised_head.reset_to_zeros()
 
 
-def export_hub_module(model: SimCLRModel, config: config_lib.Config, step: int) -> Optional[str]:
+def export_hub_module(model: SimCLRModel, config: config_lib.Config, step: int,
+                      chief: bool = True) -> Optional[str]:
   """Exports the encoder to model_dir/saved_model/<step>/, keeping the newest ones.
 
-  Keeps `keep_hub_module_max` exports (0 keeps all, as the official code). Returns
-  the export directory, or None (with a note on stderr) when `hub_export` is missing.
+  `hub_export.export_during_training`: written to a temporary directory and renamed,
+  so a kill mid-export leaves the previous export; keeps `keep_hub_module_max`
+  exports (0 keeps all, as the official code); the regularization losses use the
+  run's --weight_decay. Call on every worker (non-chief ones export to a scratch
+  directory). Returns the export directory (None off the chief), or None with a note
+  on stderr when `hub_export` is missing.
   """
   try:
     import hub_export  # pylint: disable=g-import-not-at-top
-    export_encoder = hub_export.export_encoder
+    export_during_training = hub_export.export_during_training
   except (ImportError, AttributeError) as error:
     print(f'note: hub export skipped ({error}).', file=sys.stderr, flush=True)
     return None
-  export_root = os.path.join(config.train.model_dir, SAVED_MODEL_DIRNAME)
-  export_dir = export_encoder(model, os.path.join(export_root, str(step)),
-                              image_size=config.data.image_size, overwrite=True)
-  keep = config.export.keep_hub_module_max
-  if keep > 0:
-    steps = sorted(int(name) for name in os.listdir(export_root) if re.fullmatch(r'\d+', name))
-    for old_step in steps[:-keep]:
-      shutil.rmtree(os.path.join(export_root, str(old_step)), ignore_errors=True)
-  return export_dir
+  return export_during_training(
+      model, config.train.model_dir, step, config.export.keep_hub_module_max,
+      image_size=config.data.image_size, weight_decay=config.optim.weight_decay,
+      is_chief=chief)
 
 
 def _write_augmentation_images(config: config_lib.Config, input_fn: InputFn,
@@ -333,8 +389,10 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   saver = checkpoints.CheckpointSaver(checkpoint, model_dir,
                                       train_config.keep_checkpoint_max, strategy)
   last_saved_step = -1
+  if chief:
+    checkpoints.remove_partial_saves(model_dir)
   if saver.latest_checkpoint:
-    checkpoint.restore(saver.latest_checkpoint).expect_partial()
+    checkpoints.restore_training_state(checkpoint, saver.latest_checkpoint)
     last_saved_step = int(optimizer.iterations.numpy())
     if verbose and chief:
       print(f'Resuming from {saver.latest_checkpoint}.', flush=True)
@@ -356,6 +414,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
                                   writer, chief, verbose)
   progress = progress_lib.Progress(total_steps, train_config.train_batch_size, step)
   result: dict[str, float] = {}
+  termination = _TerminationFlag().install()
   try:
     while step < total_steps:
       next_checkpoint = (step // checkpoint_steps + 1) * checkpoint_steps
@@ -363,6 +422,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
       sums = train_loop(iterator, tf.constant(num_steps, tf.int32))
       step = int(optimizer.iterations.numpy())
       loop_metrics = metrics_lib.unpack(sums.numpy() / num_steps, metric_names)
+      check_finite_loss(loop_metrics, step - num_steps + 1, step)
       current_lr = float(learning_rate(step))
       result = {'global_step': step, 'learning_rate': current_lr,
                 **{f'train/{name}': value for name, value in loop_metrics.items()}}
@@ -383,14 +443,18 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
       if step % checkpoint_steps == 0 or step >= total_steps:
         saver.save(step)
         last_saved_step = step
-        if chief and config.export.export_hub_module == 'checkpoint':
-          export_hub_module(model, config, step)
+        if config.export.export_hub_module == 'checkpoint':
+          export_hub_module(model, config, step, chief)
+      if termination.requested and step < total_steps:
+        path = saver.save(step) if last_saved_step != step else saver.latest_checkpoint
+        raise TrainingPreempted(step, path if chief else None)
     # 5. The end: the last step has a checkpoint (the same decision on every worker).
     if last_saved_step != step:
       saver.save(step)
-    if chief and config.export.export_hub_module == 'end':
-      export_hub_module(model, config, step)
+    if config.export.export_hub_module == 'end':
+      export_hub_module(model, config, step, chief)
   finally:
+    termination.uninstall()
     saver.close()
     writer.close()
   if not result:
