@@ -32,7 +32,8 @@ def _gradients(function, inputs, kernel, stride, upstream):
 # 7x7 stride-2 stem), odd and even sizes, spatial sizes down to 1, and other kernels.
 CASES = [(8, 8, 3, 1), (5, 7, 3, 1), (1, 1, 3, 1), (6, 6, 1, 1), (8, 8, 3, 2), (7, 9, 3, 2),
          (8, 8, 1, 2), (5, 5, 1, 2), (2, 2, 3, 2), (1, 1, 3, 2), (12, 11, 7, 2), (9, 9, 5, 3),
-         (6, 5, 2, 1), (7, 6, 4, 2)]  # Even kernels: asymmetric padding.
+         (6, 5, 2, 1), (7, 6, 4, 2),  # Even kernels: asymmetric padding.
+         (4, 4, 3, 1), (2, 2, 3, 1), (1, 1, 1, 1), (2, 3, 2, 1)]  # Small-map kernel gradient.
 
 
 @pytest.mark.parametrize('height,width,kernel_size,stride', CASES)

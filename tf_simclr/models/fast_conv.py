@@ -13,8 +13,9 @@ gradient with the spatially flipped, in/out-transposed kernel:
   the forward convolution's FLOPs, no zero-stuffing.
 
 `conv2d` computes the same forward ops as the plain convolution and registers this
-gradient with `tf.custom_gradient`; the kernel gradient stays TensorFlow's
-`Conv2DBackpropFilter`. Where it does not pay off (GPU/TPU present, or switched off
+gradient with `tf.custom_gradient`; the kernel gradient is TensorFlow's
+`Conv2DBackpropFilter`, except at stride 1 on maps of at most 4 x 4 pixels, where a
+forward convolution over the batch computes it (up to 4x faster there). Where it does not pay off (GPU/TPU present, or switched off
 with `set_fast_conv_gradient_enabled(False)`) or cannot apply (spatial size unknown
 at trace time with stride > 1), `conv2d` is the plain convolution with TF's gradient.
 """
@@ -27,6 +28,9 @@ from typing import Sequence
 import tensorflow as tf
 
 _enabled = True
+# Feature maps up to this many pixels (4 x 4) get the kernel gradient by a conv over
+# the batch (measured here: 1x1 maps 2-4x faster; 8x8 and larger mixed, so not there).
+SMALL_MAP_PIXELS = 16
 
 
 def set_fast_conv_gradient_enabled(enabled: bool) -> None:
@@ -166,7 +170,21 @@ def input_gradient(output_gradient: tf.Tensor, kernel: tf.Tensor, stride: int,
 
 def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape: Sequence[int],
                     stride: int) -> tf.Tensor:
-  """d loss / d kernel of `_plain_conv2d` (TensorFlow's Conv2DBackpropFilter)."""
+  """d loss / d kernel of `_plain_conv2d`.
+
+  Stride 1 on maps of at most SMALL_MAP_PIXELS pixels: a forward convolution over the
+  batch (inputs as [C_in, H, W, B] images, dy as a [H, W, B, C_out] kernel), up to 4x
+  faster there than Conv2DBackpropFilter. Elsewhere TensorFlow's Conv2DBackpropFilter.
+  """
+  height, width = inputs.shape[1], inputs.shape[2]
+  if (stride == 1 and height is not None and width is not None and
+      height * width <= SMALL_MAP_PIXELS):
+    (top, bottom), (left, right) = _paddings(kernel_shape[:2], stride)
+    images = tf.transpose(inputs, [3, 1, 2, 0])            # [C_in, H, W, B]
+    kernel = tf.transpose(output_gradient, [1, 2, 0, 3])   # [H, W, B, C_out]
+    gradient = tf.nn.conv2d(images, kernel, 1,
+                            [[0, 0], [top, bottom], [left, right], [0, 0]])  # [C_in, kh, kw, C_out]
+    return tf.transpose(gradient, [1, 2, 0, 3])            # [kh, kw, C_in, C_out]
   if stride == 1:
     return tf.raw_ops.Conv2DBackpropFilter(
         input=inputs, filter_sizes=tf.constant(list(kernel_shape), tf.int32),
