@@ -8,7 +8,9 @@ OFFICIAL_FLAGS = ('mode', 'train_mode', 'lineareval_while_pretraining',
                   'checkpoint', 'zero_init_logits_layer',
                   'fine_tune_after_block')
 OUR_FLAGS = ('steps_per_loop', 'mixed_precision', 'jit_compile',
-             'deterministic', 'seed', 'log_every_steps')
+             'deterministic', 'seed', 'log_every_steps',
+             'knn_every_steps', 'knn_at_eval', 'knn_k', 'knn_temperature',
+             'knn_train_examples', 'knn_eval_examples')
 
 
 def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
@@ -58,4 +60,31 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
   absl_flags.DEFINE_integer(
       'log_every_steps', 0,
       'Log training metrics every this many steps; 0 logs once per loop.',
+      flag_values=flag_values)
+  _define_knn_flags(flag_values)
+
+
+def _define_knn_flags(flag_values: absl_flags.FlagValues) -> None:
+  """The weighted kNN monitor (tf_simclr/knn.py); off by default."""
+  absl_flags.DEFINE_integer(
+      'knn_every_steps', 0,
+      'While pretraining, every this many steps: weighted kNN top-1 of the eval '
+      'split against a train-split memory bank of final_avg_pool features '
+      '(TensorBoard knn/top_1_accuracy); 0 turns it off.', flag_values=flag_values)
+  absl_flags.DEFINE_bool(
+      'knn_at_eval', False,
+      'Also report weighted kNN top-1 (eval/knn_top_1_accuracy) when evaluating.',
+      flag_values=flag_values)
+  absl_flags.DEFINE_integer(
+      'knn_k', 200, 'Neighbours of the kNN monitor.', flag_values=flag_values)
+  absl_flags.DEFINE_float(
+      'knn_temperature', 0.1,
+      'kNN vote weight exp(cosine similarity / this).', flag_values=flag_values)
+  absl_flags.DEFINE_integer(
+      'knn_train_examples', 10000,
+      'kNN memory bank: the first this many train-split examples; 0 uses all.',
+      flag_values=flag_values)
+  absl_flags.DEFINE_integer(
+      'knn_eval_examples', 0,
+      'kNN queries: the first this many eval-split examples; 0 uses all.',
       flag_values=flag_values)

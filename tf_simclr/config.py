@@ -135,6 +135,17 @@ class InfraConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class KnnConfig:
+  """Weighted kNN monitor on L2-normalised `final_avg_pool` features. Ours."""
+  knn_every_steps: int = 0         # 0: no kNN during pretraining
+  knn_at_eval: bool = False        # kNN top-1 in the eval results
+  knn_k: int = 200
+  knn_temperature: float = 0.1
+  knn_train_examples: int = 10000  # memory bank: the first N of the train split; 0: all
+  knn_eval_examples: int = 0       # queries: the first N of the eval split; 0: all
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """The whole configuration of a run."""
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -144,6 +155,7 @@ class Config:
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
   infra: InfraConfig = dataclasses.field(default_factory=InfraConfig)
+  knn: KnnConfig = dataclasses.field(default_factory=KnnConfig)
 
   def to_dict(self) -> dict[str, dict[str, Any]]:
     """Nested plain dict (JSON-serialisable)."""
@@ -269,3 +281,20 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(i.num_cpu_devices >= 0, f'--num_cpu_devices={i.num_cpu_devices} must be >= 0.')
   check(not (i.use_tpu and i.num_cpu_devices > 1),
         '--num_cpu_devices splits the CPU for local multi-replica runs; it cannot be combined with --use_tpu.')
+  _validate_knn(config.knn)
+
+
+def _validate_knn(knn: KnnConfig) -> None:
+  """The kNN monitor's flags; ValueError naming the flag."""
+  checks = (
+      (knn.knn_every_steps >= 0, f'--knn_every_steps={knn.knn_every_steps} must be >= 0 (0: off).'),
+      (knn.knn_k >= 1, f'--knn_k={knn.knn_k} must be >= 1.'),
+      (knn.knn_temperature > 0, f'--knn_temperature={knn.knn_temperature} must be > 0.'),
+      (knn.knn_train_examples >= 0,
+       f'--knn_train_examples={knn.knn_train_examples} must be >= 0 (0: the whole train split).'),
+      (knn.knn_eval_examples >= 0,
+       f'--knn_eval_examples={knn.knn_eval_examples} must be >= 0 (0: the whole eval split).'),
+  )
+  for condition, message in checks:
+    if not condition:
+      raise ValueError(message)

@@ -147,6 +147,8 @@ def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
   result['global_step'] = global_step
   result['num_examples'] = int(accumulator.total('count'))
   result['checkpoint'] = checkpoint_path
+  if config.knn.knn_at_eval:
+    result.update(knn_eval_metrics(config, strategy, model, sizes.num_classes))
   if verbose and checkpoints.is_chief(strategy):
     shown = ', '.join(f'{key} {value:.4f}' for key, value in result.items()
                       if key.startswith('eval/'))
@@ -156,6 +158,19 @@ def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
       print(f'linear eval {NO_LINEAR_EVAL}.', flush=True)
   if write_results and checkpoints.is_chief(strategy):
     write_eval_results(train_config.model_dir, result)
+  return result
+
+
+def knn_eval_metrics(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                     model: Any, num_classes: int) -> dict[str, Any]:
+  """--knn_at_eval: {'eval/knn_top_1_accuracy', 'eval/knn_top_5_accuracy' (>= 5
+  classes), 'knn_bank_size', 'knn_num_queries'} of the final_avg_pool features."""
+  from tf_simclr import knn  # pylint: disable=g-import-not-at-top
+  metrics = knn.KnnMonitor(config, strategy, num_classes).evaluate(model, prefix='knn_')
+  result = {f'eval/knn_top_{top}_accuracy': metrics[f'knn_top_{top}_accuracy']
+            for top in (1, 5) if f'knn_top_{top}_accuracy' in metrics}  # top-5: >= 5 classes
+  result.update(knn_bank_size=metrics['knn_bank_size'],
+                knn_num_queries=metrics['knn_num_queries'])
   return result
 
 
