@@ -132,6 +132,7 @@ print(json.dumps({'replicas': strategy.num_replicas_in_sync,
 '''
 
 
+@pytest.mark.slow  # Subprocess (TF import, model build): 51 s wall on the shared 2 cores.
 def test_extract_features_under_mirrored_strategy_equals_direct_calls():
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   result = subprocess.run([sys.executable, '-c', _MIRRORED_SCRIPT], cwd=REPO_ROOT, env=env,
@@ -157,6 +158,47 @@ def _write_folder(root: pathlib.Path, per_class: int, image_size: int = 16) -> N
         Image.fromarray(pixels.astype(np.uint8)).save(folder / f'{index}.png')
 
 
+def test_monitor_reads_both_splits_unaugmented_and_caps_the_bank(tmp_path):
+  data_dir = tmp_path / 'data'
+  _write_folder(data_dir, per_class=6)
+  config = config_lib.Config(
+      data=config_lib.DataConfig(dataset='image_folder', data_dir=str(data_dir),
+                                 train_split='train', eval_split='test', image_size=16),
+      train=config_lib.TrainConfig(eval_batch_size=5, model_dir=str(tmp_path / 'run')),
+      knn=config_lib.KnnConfig(knn_k=3, knn_train_examples=0))
+  monitor = knn.KnnMonitor(config, tf.distribute.get_strategy(), 2)
+
+  def mean_colour(images):  # [b, 16, 16, 3] -> [b, 3]
+    return tf.reduce_mean(images, axis=[1, 2])
+
+  expected = {}
+  for split in ('train', 'test'):
+    rows = []
+    for class_index, name in enumerate(('blue', 'red')):  # Sorted class folders.
+      for path in sorted((data_dir / split / name).glob('*.png')):
+        rows.append((np.asarray(Image.open(path), np.float64).mean((0, 1)) / 255, class_index))
+    expected[split] = rows
+  for split, input_fn in (('train', monitor.bank_input_fn), ('test', monitor.query_input_fn)):
+    features, labels = knn.extract_features(mean_colour, monitor.strategy, input_fn,
+                                            global_batch_size=5)
+    assert features.shape == (12, 3)
+    got = sorted(zip(map(tuple, np.round(features, 4)), labels))
+    want = sorted((tuple(np.round(row, 4)), label) for row, label in expected[split])
+    assert [label for _, label in got] == [label for _, label in want]
+    np.testing.assert_allclose([row for row, _ in got], [row for row, _ in want], atol=2e-4)
+  capped, _ = knn.extract_features(mean_colour, monitor.strategy, monitor.bank_input_fn,
+                                   max_examples=7, global_batch_size=5)
+  assert capped.shape == (7, 3)
+  result = monitor.evaluate_features(mean_colour)
+  reference = reference_knn_predict(
+      [row for row, _ in expected['test']], [row for row, _ in expected['train']],
+      [label for _, label in expected['train']], 2, 3, 0.1)
+  assert result['knn/top_1_accuracy'] == pytest.approx(np.mean(
+      np.argmax(reference, 1) == [label for _, label in expected['test']]))
+  assert (result['knn/bank_size'], result['knn/num_queries']) == (12, 12)
+
+
+@pytest.mark.slow  # ~35 s alone, 108 s on the shared 2 cores: trains and evaluates ResNet-18.
 def test_monitor_in_training_loop_and_at_eval(tmp_path):
   data_dir = tmp_path / 'data'
   _write_folder(data_dir, per_class=6)
