@@ -24,6 +24,7 @@ def _encoder_weights(model) -> dict[str, np.ndarray]:
   return {variable.path: variable.numpy() for variable in model.encoder.weights}
 
 
+@pytest.mark.slow  # Two short ResNet-18 runs: 67-74 s wall on the shared 2 cores.
 def test_linear_eval_finetune_trains_only_the_head(tmp_path):
   strategy = tf.distribute.get_strategy()
   sizes = train_fixtures.Sizes(16, 16)
