@@ -95,8 +95,10 @@ def main(argv: list[str]) -> None:
         checkpoints.latest_complete_checkpoint(model_dir) == checkpoint_before):
       # Nothing trained: leave model_dir as it was (no flags.json of a failed start).
       _remove_new_files(model_dir, files_before)
-      if flags_before is not None:
-        checkpoints.write_json_atomic(flags_path, flags_before)
+      if flags_before is not None and (not os.path.isfile(flags_path) or
+                                       open(flags_path).read() != flags_before):
+        # write_json_atomic adds the final newline back.
+        checkpoints.write_json_atomic(flags_path, flags_before.removesuffix('\n'))
     fail(str(error))
   except train_lib.NonFiniteLossError as error:
     fail(str(error), EXIT_NON_FINITE_LOSS)

@@ -88,12 +88,29 @@ def make_iterator(strategy: tf.distribute.Strategy, input_fn: InputFn) -> Any:
   checkpointed. MultiWorkerMirroredStrategy: the distributed iterator, whose position
   is not (a resumed multi-worker run restarts its input pipelines).
   """
+  input_fn = _without_slack(input_fn)
   if isinstance(strategy, tf.distribute.OneDeviceStrategy):
     context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
                                          num_replicas_in_sync=1)
     return iter(input_fn(context))
   return iter(strategy.distribute_datasets_from_function(
       input_fn, options=input_options(strategy)))
+
+
+def _without_slack(input_fn: InputFn) -> InputFn:
+  """`input_fn` with `tf.data.Options.experimental_slack` off.
+
+  With slack on (TF 2.21), an iterator restored from a checkpoint and then saved
+  again hangs on its next element (tests/test_reliability.py reproduces it); slack
+  only helps TPU hosts.
+  """
+
+  def checkpointable_input_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.experimental_slack = False
+    return input_fn(context).with_options(options)
+
+  return checkpointable_input_fn
 
 
 class NonFiniteLossError(RuntimeError):
