@@ -6,7 +6,8 @@
 The flags are those of google-research/simclr tf2/run.py (see `flags/`). Exit codes:
 0 done; 2 bad input (flags, data, checkpoints: one line `error: ...` on stderr, and
 nothing left in --model_dir by this run); 3 the training loss became NaN/Inf (the last
-good checkpoint is kept); 143 stopped by SIGTERM after saving a checkpoint (run the
+good checkpoint is kept); 4 a multi-worker collective failed or timed out
+(--collective_timeout_secs: a worker died; restart all workers to resume); 143 stopped by SIGTERM after saving a checkpoint (run the
 same command again to resume).
 """
 
@@ -22,6 +23,7 @@ from tf_simclr import strategy as strategy_lib
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE_LOSS = 3
+EXIT_WORKER_LOST = 4
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if killed by it, but with a checkpoint saved.
 
 
@@ -63,6 +65,7 @@ def main(argv: list[str]) -> None:
     fail(str(error))
 
   # Imported after the strategy exists (they touch TF at import).
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
   from tf_simclr import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -105,6 +108,16 @@ def main(argv: list[str]) -> None:
   except train_lib.TrainingPreempted as error:
     print(f'preempted: {error}', file=sys.stderr, flush=True)
     sys.exit(EXIT_PREEMPTED)
+  except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+          tf.errors.AbortedError, tf.errors.CancelledError) as error:
+    if strategy_lib.num_workers(strategy) <= 1:
+      raise
+    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    print(f'error: a collective with the other workers failed ({type(error).__name__}: '
+          f'{" ".join(reason.split())}); a worker died or hung (--collective_timeout_secs='
+          f'{config.infra.collective_timeout_secs:g}); restart all workers with the same '
+          'command to resume from the last checkpoint.', file=sys.stderr, flush=True)
+    os._exit(EXIT_WORKER_LOST)  # Collective threads may still block a normal exit.
 
 
 if __name__ == '__main__':

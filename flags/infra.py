@@ -3,7 +3,7 @@
 from absl import flags as absl_flags
 
 OFFICIAL_FLAGS = ('use_tpu', 'tpu_name', 'tpu_zone', 'gcp_project', 'master')
-OUR_FLAGS = ('num_cpu_devices',)
+OUR_FLAGS = ('num_cpu_devices', 'collective_timeout_secs')
 
 
 def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
@@ -33,4 +33,10 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
       'num_cpu_devices', 0,
       'When > 1, split the CPU into this many logical devices and train with '
       'MirroredStrategy over them (multi-replica runs without accelerators).',
+      flag_values=flag_values)
+  absl_flags.DEFINE_float(
+      'collective_timeout_secs', 600.0,
+      'Multi-worker runs: fail with a clear error when a cross-worker collective '
+      'waits longer than this (a worker died or hangs) instead of hanging; 0: no '
+      'limit. Restart all workers with the same command to resume.',
       flag_values=flag_values)

@@ -383,3 +383,37 @@ def test_bad_checkpoint_shapes_are_one_line_exit_2(image_folder, tmp_path):
   _write_run_dir(tmp_path / 'own_ckpt_no_flags', with_flags=False)
   _run_bad_inputs(_slow_bad_input_cases(tmp_path, image_folder), tmp_path)
   assert not (tmp_path / 'checkpoint_mismatch').exists()
+
+
+@pytest.mark.slow
+def test_multi_worker_run_fails_within_the_collective_timeout_when_a_worker_dies(
+    image_folder, tmp_path):
+  """2 local MultiWorkerMirroredStrategy workers; worker 1 is SIGKILLed mid-run."""
+  from tests.test_distributed_train import _free_ports  # pylint: disable=g-import-not-at-top
+  cluster = {'worker': [f'127.0.0.1:{port}' for port in _free_ports(2)]}
+  model_dir = tmp_path / 'run'
+  command = helpers.run_command(model_dir, image_folder, '--train_steps=40',
+                                '--collective_timeout_secs=20', '--steps_per_loop=1')
+  processes = []
+  try:
+    for index in range(2):
+      env = dict(helpers.environment(), TF_CONFIG=json.dumps(
+          {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
+      log = open(tmp_path / f'worker{index}.log', 'w')
+      processes.append(subprocess.Popen(command, cwd=helpers.REPO_ROOT, env=env,
+                                        stdout=log, stderr=subprocess.STDOUT))
+    assert helpers.wait_for(processes[0], lambda: len(helpers.saved_steps(model_dir)) >= 2,
+                            300), (tmp_path / 'worker0.log').read_text()[-3000:]
+    processes[1].kill()
+    killed_at = time.monotonic()
+    code = processes[0].wait(timeout=120)
+    waited = time.monotonic() - killed_at
+  finally:
+    for process in processes:
+      helpers.kill(process)
+  log = (tmp_path / 'worker0.log').read_text()
+  assert code == 4, log[-3000:]
+  errors = [line for line in log.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and 'restart all workers' in errors[0], log[-3000:]
+  assert waited < 90, waited
+  print(f'worker 0 stopped {waited:.0f} s after worker 1 was killed: {errors[0][:160]}')

@@ -132,6 +132,9 @@ class InfraConfig:
   gcp_project: Optional[str] = None
   master: Optional[str] = None
   num_cpu_devices: int = 0   # > 1: split the CPU into N logical devices. Ours.
+  # MultiWorkerMirroredStrategy: a collective waiting longer than this fails the run
+  # (a dead or hung worker) instead of hanging; 0: no limit. Ours.
+  collective_timeout_secs: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,6 +282,8 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(e.export_hub_module in EXPORT_WHEN,
         f'--export_hub_module={e.export_hub_module!r} is unknown; use one of {EXPORT_WHEN}.')
   check(i.num_cpu_devices >= 0, f'--num_cpu_devices={i.num_cpu_devices} must be >= 0.')
+  check(i.collective_timeout_secs >= 0,
+        f'--collective_timeout_secs={i.collective_timeout_secs} must be >= 0 (0: no limit).')
   check(not (i.use_tpu and i.num_cpu_devices > 1),
         '--num_cpu_devices splits the CPU for local multi-replica runs; it cannot be combined with --use_tpu.')
   _validate_knn(config.knn)

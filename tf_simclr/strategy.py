@@ -84,6 +84,18 @@ def _split_cpu(num_cpu_devices: int) -> list[str]:
   return [device.name for device in tf.config.list_logical_devices('CPU')]
 
 
+def communication_options(infra_config: InfraConfig
+                          ) -> tf.distribute.experimental.CommunicationOptions:
+  """Collective options of multi-worker runs: `--collective_timeout_secs` (0: none).
+
+  With a timeout, a collective that a dead or hung worker never joins fails with
+  DeadlineExceededError on the others instead of blocking them forever.
+  """
+  timeout = infra_config.collective_timeout_secs
+  return tf.distribute.experimental.CommunicationOptions(
+      timeout_seconds=timeout if timeout > 0 else None)
+
+
 def create_strategy(infra_config: InfraConfig) -> tf.distribute.Strategy:
   """Creates the distribution strategy for this machine and configuration.
 
@@ -121,7 +133,8 @@ def create_strategy(infra_config: InfraConfig) -> tf.distribute.Strategy:
           'TF_CONFIG (each worker runs one CPU replica); drop one of them.')
     # Collectives are configured here, so this must come before any eager op.
     try:
-      strategy = tf.distribute.MultiWorkerMirroredStrategy()
+      strategy = tf.distribute.MultiWorkerMirroredStrategy(
+          communication_options=communication_options(infra_config))
     except RuntimeError as error:
       raise ValueError(
           f'TF_CONFIG names {count_cluster_workers()} workers, but multi-worker '
