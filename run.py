@@ -112,7 +112,9 @@ def main(argv: list[str]) -> None:
           tf.errors.AbortedError, tf.errors.CancelledError) as error:
     if strategy_lib.num_workers(strategy) <= 1:
       raise
-    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not
+             line.strip().startswith(('Graph execution error', 'Detected at node', 'File '))]
+    reason = lines[0][:200] if lines else type(error).__name__
     print(f'error: a collective with the other workers failed ({type(error).__name__}: '
           f'{" ".join(reason.split())}); a worker died or hung (--collective_timeout_secs='
           f'{config.infra.collective_timeout_secs:g}); restart all workers with the same '

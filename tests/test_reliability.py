@@ -386,9 +386,10 @@ def test_bad_checkpoint_shapes_are_one_line_exit_2(image_folder, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('failure', ['killed', 'hung'])
 def test_multi_worker_run_fails_within_the_collective_timeout_when_a_worker_dies(
-    image_folder, tmp_path):
-  """2 local MultiWorkerMirroredStrategy workers; worker 1 is SIGKILLed mid-run."""
+    image_folder, tmp_path, failure):
+  """2 local MultiWorkerMirroredStrategy workers; worker 1 is SIGKILLed or SIGSTOPped."""
   from tests.test_distributed_train import _free_ports  # pylint: disable=g-import-not-at-top
   cluster = {'worker': [f'127.0.0.1:{port}' for port in _free_ports(2)]}
   model_dir = tmp_path / 'run'
@@ -404,7 +405,7 @@ def test_multi_worker_run_fails_within_the_collective_timeout_when_a_worker_dies
                                         stdout=log, stderr=subprocess.STDOUT))
     assert helpers.wait_for(processes[0], lambda: len(helpers.saved_steps(model_dir)) >= 2,
                             300), (tmp_path / 'worker0.log').read_text()[-3000:]
-    processes[1].kill()
+    processes[1].send_signal(signal.SIGKILL if failure == 'killed' else signal.SIGSTOP)
     killed_at = time.monotonic()
     code = processes[0].wait(timeout=120)
     waited = time.monotonic() - killed_at
@@ -416,4 +417,4 @@ def test_multi_worker_run_fails_within_the_collective_timeout_when_a_worker_dies
   errors = [line for line in log.splitlines() if line.startswith('error: ')]
   assert len(errors) == 1 and 'restart all workers' in errors[0], log[-3000:]
   assert waited < 90, waited
-  print(f'worker 0 stopped {waited:.0f} s after worker 1 was killed: {errors[0][:160]}')
+  print(f'worker 0 stopped {waited:.0f} s after worker 1 {failure}: {errors[0][:220]}')
