@@ -238,3 +238,17 @@ def test_knn_flags_are_checked():
   with pytest.raises(ValueError, match='--knn_k=0'):
     config_lib.validate(config_lib.Config(train=config_lib.TrainConfig(model_dir='/tmp/x'),
                                           knn=config_lib.KnnConfig(knn_k=0)))
+
+
+@pytest.mark.slow  # Saves and loads a SavedModel of ResNet-18.
+def test_hub_feature_fn_equals_the_encoder(tmp_path):
+  import hub_export  # pylint: disable=g-import-not-at-top
+  config = train_fixtures.tiny_config(str(tmp_path / 'run'))
+  model = train_lib.build_model_for(config, 10)
+  export_dir = hub_export.export_encoder(model, str(tmp_path / 'hub'), image_size=16,
+                                         overwrite=True)
+  images = tf.constant(np.random.default_rng(0).uniform(size=(3, 16, 16, 3)), tf.float32)
+  direct = knn.encoder_feature_fn(model)(images).numpy()
+  exported = knn.hub_feature_fn(export_dir)(images).numpy()
+  assert exported.shape == (3, 512)
+  np.testing.assert_allclose(exported, direct, rtol=1e-4, atol=1e-5)
