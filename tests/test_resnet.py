@@ -299,3 +299,23 @@ def test_synchronized_bn_matches_single_device_under_mirrored_strategy():
   assert stats['num_stats'] == 2 * (1 + 2 * 8 + 4)
   assert stats['max_abs_diff'] < 1e-5
   assert stats['replica_spread'] == 0.0
+
+
+@pytest.mark.parametrize('fine_tune_after_block', [0, 1, 2, 3, 4])
+def test_pretrain_checkpoint_restores_into_frozen_encoder(tmp_path, fine_tune_after_block):
+  """`--train_mode=finetune --fine_tune_after_block=k --checkpoint=<pretrain run>`.
+
+  The frozen encoder must track its variables exactly as the pretraining encoder does
+  (a stop-gradient node in the functional graph used to shift them: 'incompatible
+  tensor with shape (512,) ... block_group3' for k=2).
+  """
+  pretrained = build_resnet(18, cifar_stem=True, global_bn=False)
+  for variable in pretrained.variables:
+    variable.assign(tf.random.normal(variable.shape, seed=7))
+  path = tf.train.Checkpoint(encoder=pretrained).write(str(tmp_path / 'ckpt'))
+  frozen = build_resnet(18, cifar_stem=True, global_bn=False,
+                        fine_tune_after_block=fine_tune_after_block)
+  tf.train.Checkpoint(encoder=frozen).read(path).assert_existing_objects_matched()
+  assert [v.path for v in frozen.variables] == [v.path for v in pretrained.variables]
+  for restored, saved in zip(frozen.variables, pretrained.variables):
+    np.testing.assert_array_equal(restored.numpy(), saved.numpy(), err_msg=saved.path)

@@ -312,8 +312,12 @@ class BlockGroup(keras.layers.Layer):
 
   def __init__(self, block_kind: str, filters: int, num_blocks: int, strides: int, *,
                sk_ratio: float, se_ratio: float, batch_norm_decay: float, global_bn: bool,
-               **kwargs):
+               stop_input_gradient: bool = False, **kwargs):
     super().__init__(**kwargs)
+    # Inside the layer rather than a `keras.ops.stop_gradient` node in the functional
+    # graph: such a node shifts the model's tracked layer indices, and a pretraining
+    # checkpoint would then no longer restore into a `--fine_tune_after_block` model.
+    self.stop_input_gradient = stop_input_gradient
     block_class = BottleneckBlock if block_kind == 'bottleneck' else ResidualBlock
     block_args = dict(sk_ratio=sk_ratio, se_ratio=se_ratio, batch_norm_decay=batch_norm_decay,
                       global_bn=global_bn)
@@ -331,6 +335,8 @@ class BlockGroup(keras.layers.Layer):
       shape = block.compute_output_shape(shape)
 
   def call(self, inputs, training=None):
+    if self.stop_input_gradient:
+      inputs = tf.stop_gradient(inputs)
     for block in self.blocks:
       inputs = block(inputs, training=training)
     return inputs
@@ -419,17 +425,15 @@ def build_resnet(depth: int,
 
     groups = []
     for index, num_blocks in enumerate(blocks_per_group):
-      if fine_tune_after_block == index:
-        # Frozen below: no gradient flows into the stem / earlier groups.
-        net = keras.ops.stop_gradient(net)
-        endpoints['initial_max_pool' if index == 0 else f'block_group{index}'] = net
+      # Frozen below: no gradient flows into the stem / earlier groups.
       group = BlockGroup(block_kind, width * 2**index, num_blocks, 1 if index == 0 else 2,
                          sk_ratio=sk_ratio, se_ratio=se_ratio, batch_norm_decay=batch_norm_decay,
-                         global_bn=global_bn, name=f'block_group{index + 1}')
+                         global_bn=global_bn, stop_input_gradient=fine_tune_after_block == index,
+                         name=f'block_group{index + 1}')
       groups.append(group)
       net = group(net)
       endpoints[f'block_group{index + 1}'] = net
-    if fine_tune_after_block == 4:
+    if fine_tune_after_block == 4:  # After the last layer with weights: no index shift.
       net = keras.ops.stop_gradient(net)
       endpoints['block_group4'] = net
     endpoints['final_avg_pool'] = keras.layers.GlobalAveragePooling2D(name='final_avg_pool')(net)
