@@ -564,7 +564,8 @@ def build_input_fn(data_config: DataConfig,
       if pretrain:
         dataset = dataset.map(stack_views)
       options.deterministic = seed is not None
-      options.experimental_slack = True
+      # No experimental_slack: it only helps TPU hosts, and a restored iterator
+      # with slack on hangs after its next save (tf_simclr.train._without_slack).
     else:
       dataset = dataset.map(eval_map, num_parallel_calls=tf.data.AUTOTUNE)
       # Each pipeline feeds num_replicas / num_pipelines replicas per global step.
