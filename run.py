@@ -14,6 +14,7 @@ same command again to resume).
 import os
 import sys
 
+import tf_simclr  # First: turns on the oneDNN CPU kernels before TensorFlow loads.
 from absl import app
 from absl import flags as absl_flags
 

@@ -18,6 +18,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # `python bench/x.py` from anywhere.
   sys.path.insert(0, REPO_ROOT)
 
+import tf_simclr  # pylint: disable=g-import-not-at-top  (before TF: oneDNN kernels)
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -177,6 +178,12 @@ def load_average() -> float:
     return -1.0
 
 
+def onednn_enabled() -> bool:
+  """Whether TensorFlow runs its oneDNN CPU kernels in this process."""
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  return bool(_pywrap_util_port.IsMklEnabled())
+
+
 def random_batch(config: config_lib.Config, batch_size: int, num_classes: int,
                  seed: int = 0) -> dict[str, tf.Tensor]:
   """One per-replica batch as the data module yields it (random pixels and labels)."""
@@ -222,6 +229,7 @@ def timed_step_fn(config: config_lib.Config, strategy: tf.distribute.Strategy,
   `one_step.tracing_count()` tells how often the loop function was traced (1 when
   nothing retraces).
   """
+  train_lib.keep_nan_propagation()  # As tf_simclr.train.train does.
   train_loop, model, _ = build_train_loop(config, strategy, num_classes)
   per_replica_batch = config.train.train_batch_size // strategy.num_replicas_in_sync
   batch = random_batch(config, per_replica_batch, num_classes, config.train.seed)

@@ -39,6 +39,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 from PIL import Image  # pylint: disable=g-import-not-at-top
+import tf_simclr  # Before TensorFlow: turns on its oneDNN CPU kernels.
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags as absl_flags
+import tf_simclr  # Before TensorFlow: turns on its oneDNN CPU kernels.
 import tensorflow as tf
 
 from bench import common

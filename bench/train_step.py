@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags as absl_flags
+import tf_simclr  # Before TensorFlow: turns on its oneDNN CPU kernels.
 import tensorflow as tf
 
 from bench import common
@@ -190,6 +191,7 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
           'global_bn': config.model.global_bn,
           'fused_batch_norm': fast_batch_norm.fused_batch_norm_enabled(),
           'fast_conv_gradient': fast_conv.fast_conv_gradient_enabled(),
+          'onednn': common.onednn_enabled(),
           'replicas': num_replicas,
           'steps': steps,
       },
@@ -233,7 +235,8 @@ def main(argv: list[str]) -> None:
         f"fp32 {result['matmul_flops_per_sec_fp32'] / 1e9:.1f}, "
         f"bf16 {result['matmul_flops_per_sec_bf16'] / 1e9:.1f} GFLOP/s; "
         f"MFU {result['mfu']:.3f}; peak RSS {result['peak_rss_mb']:.0f} MiB; "
-        f"load {result['load_average_1min']:.1f}", flush=True)
+        f"load {result['load_average_1min']:.1f}; "
+        f"oneDNN {'on' if result['config']['onednn'] else 'off'}", flush=True)
   if 'speedup_vs_keras_batch_norm' in result:
     print(f"fused BN vs Keras BN step (alternating): "
           f"{result['speedup_vs_keras_batch_norm']:.3f}x", flush=True)

@@ -7,6 +7,8 @@ import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import tf_simclr  # noqa: E402,F401  Before TensorFlow: the same oneDNN kernels as run.py.
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR10_DIR = REPO_ROOT.parent / 'shared' / 'data' / 'cifar10'
 
