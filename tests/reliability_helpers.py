@@ -38,12 +38,17 @@ def write_image_folder(root: pathlib.Path, *, per_class: int = 16, size: int = 2
   return root
 
 
+# Enough steps that the kill-and-resume tests' kills land before the run ends (with
+# 6, the oneDNN kernels finished a run between two kill points).
+TRAIN_STEPS = 10
+
+
 def run_command(model_dir: pathlib.Path, data_dir: pathlib.Path, *extra: str) -> list[str]:
-  """A tiny deterministic pretraining run: ResNet-18, 16 px, batch 8, 6 steps."""
+  """A tiny deterministic pretraining run: ResNet-18, 16 px, batch 8, TRAIN_STEPS steps."""
   return [sys.executable, str(REPO_ROOT / 'run.py'), '--dataset=image_folder',
           f'--data_dir={data_dir}', '--train_split=train', '--eval_split=test',
           '--image_size=16', '--resnet_depth=18', '--proj_out_dim=16',
-          '--train_batch_size=8', '--eval_batch_size=8', '--train_steps=6',
+          '--train_batch_size=8', '--eval_batch_size=8', f'--train_steps={TRAIN_STEPS}',
           '--checkpoint_steps=1', '--keep_checkpoint_max=2', '--warmup_epochs=0',
           '--learning_rate=0.5', '--use_blur=False', '--seed=7', '--deterministic',
           '--export_hub_module=never', f'--model_dir={model_dir}', *extra]

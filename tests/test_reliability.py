@@ -31,7 +31,7 @@ from tf_simclr import train as train_lib
 from tf_simclr.models import build_model
 
 RUN_TIMEOUT_SECS = 400
-STEPS = 6
+STEPS = helpers.TRAIN_STEPS
 
 
 @pytest.fixture(scope='module')
