@@ -92,6 +92,17 @@ def test_train_step_bench_rejects_bad_flag_in_one_line():
   assert '--resnet_depth=19' in result.stderr.strip().splitlines()[-1]
 
 
+def test_official_peer_bench_rejects_folder_without_official_code_in_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, str(REPO_ROOT / 'bench' / 'peer_official_tf2.py'),
+       f'--official_tf2_dir={tmp_path}'],
+      capture_output=True, text=True, timeout=120, check=False, cwd=REPO_ROOT)
+  assert result.returncode != 0
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert f'--official_tf2_dir={tmp_path} has no run.py' in last_line
+  assert 'Traceback' not in result.stderr
+
+
 def test_nt_xent_bench_prints_json_last():
   result = _run('nt_xent.py', '--batch_sizes=8,16', '--steps=1', '--reference_image_size=0')
   sizes = [entry['batch_size'] for entry in result['nt_xent']]
