@@ -36,7 +36,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 
 def _parse_args() -> argparse.Namespace:
