@@ -212,3 +212,63 @@ def test_two_replicas_match_single_device():
 @pytest.mark.slow
 def test_four_replicas_match_single_device():
   check_distributed_results(run_distributed_check(4))
+
+
+def numpy_distillation(teacher, student, temperature, labels=None, labeled=None,
+                       label_weight=0.0):
+  """SimCLRv2 eq. 3 (+ weighted cross-entropy on labels) in float64, from the formula."""
+  def log_softmax(logits):
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+  teacher_probabilities = np.exp(log_softmax(np.asarray(teacher, np.float64) / temperature))
+  distill = np.mean(-np.sum(teacher_probabilities *
+                            log_softmax(np.asarray(student, np.float64) / temperature), axis=1))
+  supervised = 0.0
+  if label_weight:
+    supervised = np.mean(-np.sum(np.asarray(labels, np.float64) * log_softmax(labeled), axis=1))
+  return distill + label_weight * supervised, distill, supervised
+
+
+@pytest.mark.parametrize('temperature, label_weight', [
+    (1.0, 0.0), (0.1, 0.0), (4.0, 0.0), (1.0, 1.0), (0.5, 0.3), (2.0, 5.0)])
+def test_distillation_loss_matches_numpy_float64(temperature, label_weight):
+  rng = np.random.default_rng(int(temperature * 10 + label_weight * 100))
+  teacher = rng.normal(scale=3.0, size=(12, 7))
+  student = rng.normal(scale=3.0, size=(12, 7))
+  labeled = rng.normal(scale=3.0, size=(5, 7))
+  labels = np.eye(7)[rng.integers(0, 7, 5)]
+  expected = numpy_distillation(teacher, student, temperature, labels, labeled, label_weight)
+  actual = losses.distillation_loss(
+      tf.constant(teacher, tf.float32), tf.constant(student, tf.float32),
+      temperature=temperature, labels_onehot=tf.constant(labels, tf.float32),
+      labeled_logits=tf.constant(labeled, tf.float32), label_weight=label_weight)
+  np.testing.assert_allclose([float(value) for value in actual], expected, rtol=2e-6, atol=1e-6)
+  exact = losses.distillation_loss(teacher, student, temperature=temperature,
+                                   labels_onehot=labels, labeled_logits=labeled,
+                                   label_weight=label_weight)  # float64 in, float64 out
+  np.testing.assert_allclose([float(value) for value in exact], expected, rtol=1e-12)
+
+
+def test_distillation_loss_gradient_reaches_the_student_only():
+  rng = np.random.default_rng(3)
+  teacher = tf.Variable(rng.normal(size=(6, 5)))
+  student = tf.Variable(rng.normal(size=(6, 5)))
+  temperature = 2.0
+  with tf.GradientTape(persistent=True) as tape:
+    total, _, _ = losses.distillation_loss(teacher, student, temperature=temperature)
+  assert tape.gradient(total, teacher) is None
+  # d/ds of mean_i CE(p_T, softmax(s/T)) = (softmax(s/T) - p_T) / (T * b).
+  def softmax(logits):
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+  expected = (softmax(student.numpy() / temperature) - softmax(teacher.numpy() / temperature)
+              ) / (temperature * 6)
+  np.testing.assert_allclose(tape.gradient(total, student).numpy(), expected, rtol=1e-10)
+  # Equal logits: the loss is the teacher's entropy at T, its minimum.
+  _, distill, _ = losses.distillation_loss(teacher, teacher, temperature=temperature)
+  probabilities = softmax(teacher.numpy() / temperature)
+  np.testing.assert_allclose(float(distill), np.mean(-np.sum(
+      probabilities * np.log(probabilities), axis=1)), rtol=1e-12)
+  with pytest.raises(ValueError, match='--distill_temperature=0.0 must be > 0'):
+    losses.distillation_loss(teacher, student, temperature=0.0)

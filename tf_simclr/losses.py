@@ -154,3 +154,56 @@ def supervised_accuracy(labels_onehot: tf.Tensor, logits: tf.Tensor) -> tf.Tenso
   """Fraction of rows whose argmax of `logits` equals the argmax of `labels_onehot`."""
   correct = tf.equal(tf.argmax(labels_onehot, axis=1), tf.argmax(logits, axis=1))
   return tf.reduce_mean(tf.cast(correct, tf.float32))
+
+
+def distillation_loss(
+    teacher_logits: tf.Tensor,
+    student_logits: tf.Tensor,
+    *,
+    temperature: float = 1.0,
+    labels_onehot: Optional[tf.Tensor] = None,
+    labeled_logits: Optional[tf.Tensor] = None,
+    label_weight: float = 0.0,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """SimCLRv2 distillation loss (Chen et al. 2020b, eq. 3), plus an optional label term.
+
+  On b unlabelled images, teacher logits t [b, C] and student logits s [b, C] of the
+  same augmented view, with temperature T:
+
+    p_T[i] = softmax(t[i] / T),   log p_S[i] = log_softmax(s[i] / T)
+    distill = mean_i( -sum_c p_T[i, c] * log p_S[i, c] )
+    supervised = mean_j( -sum_c y[j, c] * log_softmax(s_L[j])[c] )   (T = 1)
+    total = distill + label_weight * supervised
+
+  with s_L [b_L, C] the student logits of a labelled batch and y [b_L, C] its one-hot
+  labels. No gradient flows into the teacher logits. The paper's weighted form
+  (1 - a) * supervised + a * distill is this total times a with label_weight =
+  (1 - a) / a. Each replica returns its local means; dividing by the number of
+  replicas before summing gradients gives the global-batch mean, as for `nt_xent_loss`.
+
+  Args:
+    teacher_logits: [b, C] teacher logits; float16/bfloat16 are cast to float32.
+    student_logits: [b, C] student logits on the same images.
+    temperature: T > 0, applied to both teacher and student logits.
+    labels_onehot: [b_L, C] labels of the labelled batch; needed when label_weight > 0.
+    labeled_logits: [b_L, C] student logits of the labelled batch.
+    label_weight: weight of the supervised term; 0 leaves it out (then it is 0).
+
+  Returns:
+    (total, distill, supervised) scalars; supervised is 0 when label_weight is 0.
+  """
+  if temperature <= 0:
+    raise ValueError(f'--distill_temperature={temperature} must be > 0.')
+  student_logits = _cast_to_float(tf.convert_to_tensor(student_logits))
+  teacher_logits = tf.stop_gradient(tf.cast(teacher_logits, student_logits.dtype))
+  teacher_probabilities = tf.nn.softmax(teacher_logits / temperature, axis=-1)  # [b, C]
+  distill = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+      labels=teacher_probabilities, logits=student_logits / temperature))
+  if label_weight:
+    if labels_onehot is None or labeled_logits is None:
+      raise ValueError('distillation_loss: label_weight > 0 needs labels_onehot and '
+                       'labeled_logits.')
+    supervised = tf.cast(supervised_loss(labels_onehot, labeled_logits), distill.dtype)
+  else:
+    supervised = tf.zeros([], distill.dtype)
+  return distill + label_weight * supervised, distill, supervised
