@@ -23,7 +23,7 @@ from flags import optimization
 from flags import train
 from tf_simclr import config as config_lib
 
-# Topic modules, in the order of the README tables.
+# Topic modules, in the order of the docs/flags.md tables.
 TOPIC_MODULES = (optimization, data, model, train, checkpoints, infra)
 
 

@@ -1,9 +1,10 @@
-"""Markdown tables of all flags, for the README.
+"""Markdown tables of all flags: the generator of docs/flags.md.
 
 Usage: `python -m flags.table` prints the official-flag table and ours;
-`python -m flags.table --update README.md` rewrites the README section between the
-`<!-- flag-table:start -->` and `<!-- flag-table:end -->` markers with it
-(tests/test_flags.py checks that the README equals this output).
+`python -m flags.table --update docs/flags.md` rewrites the section of docs/flags.md
+between the `<!-- flag-table:start -->` and `<!-- flag-table:end -->` markers with it
+(tests/test_flags.py checks that docs/flags.md equals this output). Run it after adding
+or changing a flag.
 """
 
 import pathlib
@@ -57,33 +58,36 @@ def our_table() -> str:
 
 
 def markdown() -> str:
-  """The README section: both tables with their headings."""
+  """The docs/flags.md section: both tables with their headings."""
   return (
-      '### Flags of google-research/simclr tf2/run.py\n\n'
+      '## Flags of google-research/simclr tf2/run.py\n\n'
       'Same names, defaults and meanings as the official code, except '
       '`--use_tpu` (False here).\n\n' + official_table() +
-      '\n### Flags of ours\n\n' + our_table())
+      '\n## Flags of ours\n\n' + our_table())
 
 
 START_MARKER = '<!-- flag-table:start -->'
 END_MARKER = '<!-- flag-table:end -->'
 
 
-def update_readme(path: str) -> None:
+DOCS_PATH = 'docs/flags.md'
+
+
+def update_markdown_file(path: str) -> None:
   """Replaces the text between the flag-table markers of `path` with `markdown()`."""
-  readme = pathlib.Path(path)
-  text = readme.read_text(encoding='utf-8')
+  document = pathlib.Path(path)
+  text = document.read_text(encoding='utf-8')
   start, end = text.find(START_MARKER), text.find(END_MARKER)
   if start < 0 or end < start:
     raise SystemExit(f'error: {path} lacks the markers {START_MARKER} ... {END_MARKER}.')
   head = text[:start + len(START_MARKER)]
-  readme.write_text(head + '\n' + markdown() + text[end:], encoding='utf-8')
+  document.write_text(head + '\n' + markdown() + text[end:], encoding='utf-8')
 
 
 if __name__ == '__main__':
-  if len(sys.argv) == 3 and sys.argv[1] == '--update':
-    update_readme(sys.argv[2])
+  if len(sys.argv) in (2, 3) and sys.argv[1] == '--update':
+    update_markdown_file(sys.argv[2] if len(sys.argv) == 3 else DOCS_PATH)
   elif len(sys.argv) == 1:
     print(markdown(), end='')
   else:
-    raise SystemExit('usage: python -m flags.table [--update README.md]')
+    raise SystemExit(f'usage: python -m flags.table [--update {DOCS_PATH}]')

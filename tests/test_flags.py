@@ -16,7 +16,7 @@ from tf_simclr import config as config_lib
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # google-research/simclr tf2/run.py, typed from its source independently of flags/.
-# use_tpu is True there; False here by design (README says so).
+# use_tpu is True there; False here by design (docs/flags.md and docs/differences.md say so).
 OFFICIAL_DEFAULTS = {
     'learning_rate': 0.3, 'learning_rate_scaling': 'linear', 'warmup_epochs': 10.0,
     'weight_decay': 1e-6, 'batch_norm_decay': 0.9, 'train_batch_size': 512,
@@ -282,12 +282,12 @@ def test_table_cli_prints_the_markdown():
   assert result.stdout == table_lib.markdown()
 
 
-def test_readme_flag_tables_match_the_generator():
-  text = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
+def test_docs_flag_tables_match_the_generator():
+  text = (REPO_ROOT / table_lib.DOCS_PATH).read_text(encoding='utf-8')
   start = text.index(table_lib.START_MARKER) + len(table_lib.START_MARKER)
   end = text.index(table_lib.END_MARKER)
   assert text[start:end] == '\n' + table_lib.markdown(), (
-      'README flag table is stale: run `python -m flags.table --update README.md`')
+      'docs/flags.md is stale: run `python -m flags.table --update docs/flags.md`')
 
 
 def test_library_never_imports_absl_flags():

@@ -1,4 +1,4 @@
-"""Importing tf_simclr before TensorFlow turns on the oneDNN CPU kernels (README, Speed)."""
+"""Importing tf_simclr before TensorFlow turns on the oneDNN CPU kernels (docs/speed.md)."""
 
 import os
 import pathlib

@@ -3,7 +3,7 @@
 Importing this package before TensorFlow turns on TensorFlow's oneDNN CPU kernels
 (`TF_ENABLE_ONEDNN_OPTS=1`) unless the variable is already set. TF 2.21 enables them by
 default only on some newer x86 CPUs; on an AVX2 CPU they make the ResNet-18 pretraining
-step about 1.2x faster (README, "Speed"). Set `TF_ENABLE_ONEDNN_OPTS=0` to keep
+step about 1.2x faster (docs/speed.md). Set `TF_ENABLE_ONEDNN_OPTS=0` to keep
 TensorFlow's Eigen kernels. The variable has no effect once TensorFlow is imported.
 """
 

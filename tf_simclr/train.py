@@ -119,7 +119,7 @@ def keep_nan_propagation() -> None:
   The remapper fuses batch norm + ReLU; with TensorFlow's oneDNN kernels on (tf_simclr
   turns them on) the fused kernel maps NaN to 0, so a diverged run would keep a finite
   loss and pass the NaN check. Off, NaN reaches the loss; the step is as fast
-  (README, "Speed").
+  (docs/speed.md).
   """
   tf.config.optimizer.set_experimental_options({'remapping': False})
 

@@ -12,7 +12,7 @@ Small-image rules of the official recipe, kept here so all callers agree:
 - `eval_center_crop(image_size)` is False for `image_size <= SMALL_IMAGE_SIZE`: eval
   images that small are only resized, as in the official code.
 
-Differences from google-research/simclr (documented in the README):
+Differences from google-research/simclr (documented in docs/differences.md):
 - Blur sigma is drawn per image (the official code draws one sigma per batch), and
   the blur pads by reflection instead of with zeros (no dark border).
 - The random crop samples areas in [0.08, 1]: the official code also passes
