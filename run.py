@@ -123,5 +123,10 @@ def main(argv: list[str]) -> None:
     os._exit(EXIT_WORKER_LOST)  # Collective threads may still block a normal exit.
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """The `tf-simclr` console command: the same as `python run.py`."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  cli()
