@@ -8,7 +8,7 @@ OFFICIAL_FLAGS = ('mode', 'train_mode', 'lineareval_while_pretraining',
                   'checkpoint', 'zero_init_logits_layer',
                   'fine_tune_after_block')
 OUR_FLAGS = ('steps_per_loop', 'mixed_precision', 'jit_compile',
-             'deterministic', 'seed', 'log_every_steps',
+             'deterministic', 'seed', 'log_every_steps', 'micro_batch_size',
              'knn_every_steps', 'knn_at_eval', 'knn_k', 'knn_temperature',
              'knn_train_examples', 'knn_eval_examples')
 
@@ -60,6 +60,13 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
   absl_flags.DEFINE_integer(
       'log_every_steps', 0,
       'Log training metrics every this many steps; 0 logs once per loop.',
+      flag_values=flag_values)
+  absl_flags.DEFINE_integer(
+      'micro_batch_size', 0,
+      'Pretrain with exact large-batch NT-Xent on small memory: split each '
+      "replica's batch into micro-batches of this many examples (gradient "
+      'caching: all negatives, one extra forward pass; BN statistics per '
+      'micro-batch). Must divide the per-replica batch; 0: off.',
       flag_values=flag_values)
   _define_knn_flags(flag_values)
 

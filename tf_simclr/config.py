@@ -111,6 +111,9 @@ class TrainConfig:
   deterministic: bool = False
   seed: int = 0
   log_every_steps: int = 0         # 0: once per loop
+  # > 0 and below the per-replica batch: exact gradient caching over micro-batches of
+  # this many examples (tf_simclr/grad_cache.py). 0: off. Ours.
+  micro_batch_size: int = 0
   # --mode=eval: stop when no new checkpoint appears for this long; 0: no limit
   # (stop only after the checkpoint of the last training step). Ours.
   eval_timeout_secs: float = 3600.0
@@ -272,6 +275,11 @@ def validate(config: Config, num_replicas: int = 1) -> None:
         '--checkpoint_steps=0 and --checkpoint_epochs=0 leave no checkpoint interval; '
         'set one of them > 0.')
   check(t.steps_per_loop >= 0, f'--steps_per_loop={t.steps_per_loop} must be >= 0.')
+  check(t.micro_batch_size >= 0,
+        f'--micro_batch_size={t.micro_batch_size} must be >= 0 (0: off).')
+  check(t.micro_batch_size == 0 or (t.train_batch_size // num_replicas) % t.micro_batch_size == 0,
+        f'--micro_batch_size={t.micro_batch_size} must divide the per-replica batch '
+        f'{t.train_batch_size // num_replicas} (--train_batch_size / {num_replicas} replicas).')
   check(t.log_every_steps >= 0, f'--log_every_steps={t.log_every_steps} must be >= 0.')
   check(t.eval_timeout_secs >= 0,
         f'--eval_timeout_secs={t.eval_timeout_secs} must be >= 0 (0: no limit).')

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
+from tf_simclr import grad_cache
 from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import optim
@@ -300,6 +301,10 @@ def build_train_step(config: config_lib.Config, model: SimCLRModel,
   supervised = model.supervised_head is not None
   if metric_names is None:
     metric_names = metrics_lib.train_metric_names(pretrain, supervised)
+  cached_step = grad_cache.maybe_build_train_step(config, model, optimizer, strategy,
+                                                  metric_names)
+  if cached_step is not None:  # --micro_batch_size: gradient caching.
+    return cached_step
 
   def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
     images, labels = batch['image'], batch['label']

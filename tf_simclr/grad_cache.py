@@ -1,0 +1,235 @@
+"""Exact large-batch training on small memory: gradient caching (`--micro_batch_size`).
+
+The NT-Xent loss of a batch does not split into per-example terms (every projection is
+a negative of every other), so plain gradient accumulation would change the loss. The
+gradient-caching step (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size
+under Memory Limited Setup") splits each replica's batch of b examples into n = b / m
+micro-batches of m examples (both views of each: 2m images) and computes the exact
+gradient of the whole-batch loss:
+
+1. pass 1: a forward pass of each micro-batch in training mode, outside any gradient
+   tape (no activations kept), collecting the projections z [2b, d];
+2. the NT-Xent loss of all 2b projections (with the negatives of all replicas, as the
+   plain step: `losses.nt_xent_loss` all-gathers) and its gradient g = dL/dz [2b, d];
+3. pass 2: each micro-batch again, forward and backward, of the surrogate
+   sum(stop_gradient(g_k) * z_k) + (its share of the supervised loss); the parameter
+   gradients are summed over micro-batches. By the chain rule this sum is dL/dtheta,
+   because pass 2 recomputes exactly the z_k of pass 1 (same weights, same inputs, same
+   batch statistics);
+4. the weight-decay term's gradient once, then one optimizer update.
+
+Memory holds the activations of one micro-batch, the projections and the gradient
+accumulators, whatever b is; compute is one extra forward pass (about 4/3 of the plain
+step's FLOPs).
+
+Batch normalisation uses the statistics of each micro-batch (2m images), as a run with
+b / m times more replicas and `--global_bn=false` would: the gradients equal that run's
+(tests/test_grad_cache.py). The moving statistics are updated once per step with the
+mean over micro-batches of their batch statistics: moving <- moving * momentum +
+mean_k(stat_k) * (1 - momentum), i.e. the replica mean of that reference run's
+per-replica moving statistics. (Updating once per micro-batch would shorten the moving
+average's memory n-fold.) With `--global_bn=true` BN still synchronises across
+replicas, but each micro-batch's statistics cover only its 2m images per replica.
+
+Supervised head (finetuning, or linear evaluation while pretraining): its loss is a
+mean over examples, so each micro-batch adds its cross-entropy sum divided by the
+replica's row count to the surrogate; its metrics are accumulated over pass 2.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from tf_simclr import config as config_lib
+from tf_simclr import losses
+from tf_simclr import metrics as metrics_lib
+from tf_simclr import optim
+
+
+def num_micro_batches(per_replica_batch: int, micro_batch_size: int) -> int:
+  """b / m; ValueError naming --micro_batch_size when m does not divide b."""
+  if micro_batch_size <= 0 or per_replica_batch % micro_batch_size:
+    raise ValueError(
+        f'--micro_batch_size={micro_batch_size} must divide the per-replica batch '
+        f'{per_replica_batch} (--train_batch_size / replicas); use a divisor of it.')
+  return per_replica_batch // micro_batch_size
+
+
+def split_micro_batches(images: tf.Tensor, labels: tf.Tensor, num_micro: int,
+                        num_views: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Splits a replica's batch into micro-batches, each with all views of its examples.
+
+  Args:
+    images: [views * b, H, W, C], view 1 rows first (as the data module yields).
+    labels: [b, classes].
+    num_micro: n, dividing b.
+    num_views: 2 when pretraining, else 1.
+
+  Returns:
+    (images [n, views * m, H, W, C] with micro-batch k holding examples k*m..k*m+m-1 of
+    every view, view 1 rows first; labels [n, m, classes]).
+  """
+  image_shape = tf.shape(images)[1:]
+  per_view = tf.reshape(images, tf.concat([[num_views, num_micro, -1], image_shape], 0))
+  rank = len(images.shape) + 2
+  micro = tf.transpose(per_view, [1, 0] + list(range(2, rank)))  # [n, views, m, ...]
+  micro = tf.reshape(micro, tf.concat([[num_micro, -1], image_shape], 0))
+  micro_labels = tf.reshape(labels, tf.concat([[num_micro, -1], tf.shape(labels)[1:]], 0))
+  return micro, micro_labels
+
+
+def merge_micro_projections(projections: tf.Tensor, num_views: int) -> tf.Tensor:
+  """[n, views * m, d] per micro-batch -> [views * b, d] in the batch's row order."""
+  num_micro = tf.shape(projections)[0]
+  dim = tf.shape(projections)[-1]
+  per_view = tf.reshape(projections, [num_micro, num_views, -1, dim])
+  return tf.reshape(tf.transpose(per_view, [1, 0, 2, 3]), [-1, dim])
+
+
+def _zeros_for_none(gradients: Sequence[Optional[tf.Tensor]],
+                    like: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+  """Zeros in place of None (variables the loss does not reach)."""
+  return [tf.zeros_like(reference) if gradient is None else gradient
+          for gradient, reference in zip(gradients, like)]
+
+
+def build_train_step(config: config_lib.Config, model: keras.Model,
+                     optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+                     metric_names: Sequence[str]
+                     ) -> Callable[[dict[str, tf.Tensor]], tf.Tensor]:
+  """The gradient-caching training step (same contract as `train.build_train_step`).
+
+  Args:
+    config: the run's configuration; `config.train.micro_batch_size` is m.
+    model: the SimCLRModel, built in `strategy.scope()`.
+    optimizer: built on `model.trainable_variables`.
+    strategy: the strategy the step runs under.
+    metric_names: the packed metrics' order.
+
+  Returns:
+    `step(batch) -> [len(metric_names)]` float32 metrics, to call in `strategy.run`.
+  """
+  num_replicas = strategy.num_replicas_in_sync
+  pretrain = config.train.train_mode == 'pretrain'
+  supervised = model.supervised_head is not None
+  num_views = 2 if pretrain else 1
+  per_replica_batch = config.train.train_batch_size // num_replicas
+  num_micro = num_micro_batches(per_replica_batch, config.train.micro_batch_size)
+  # The supervised loss is a mean over the replica's rows (both views when pretraining).
+  supervised_rows = float(num_views * per_replica_batch)
+
+  def forward(images: tf.Tensor) -> dict[str, tf.Tensor]:
+    return model(images, training=True)
+
+  def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+    micro_images, micro_labels = split_micro_batches(
+        batch['image'], batch['label'], num_micro, num_views)
+    variables = model.trainable_variables
+    statistics = list(model.non_trainable_variables)  # BN moving mean / variance.
+    initial_statistics = [tf.identity(tf.convert_to_tensor(variable)) for variable in statistics]
+
+    def restore_statistics() -> None:
+      for variable, value in zip(statistics, initial_statistics):
+        variable.assign(value)
+
+    values = {}
+    projection_gradients = None
+    if pretrain:
+      # Pass 1: projections of every micro-batch, no tape, BN statistics restored.
+      def pass1_body(index, projections):
+        projection = forward(micro_images[index])['proj_head_output']
+        with tf.control_dependencies([projection]):
+          restore_statistics()
+        return index + 1, projections.write(index, projection)
+
+      _, projections = tf.while_loop(
+          lambda index, _: index < num_micro, pass1_body,
+          (tf.constant(0), tf.TensorArray(tf.float32, size=num_micro)))
+      projections = projections.stack()  # [n, 2m, d]
+      with tf.GradientTape() as tape:
+        tape.watch(projections)
+        contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
+            merge_micro_projections(projections, num_views),
+            temperature=config.loss.temperature, hidden_norm=config.loss.hidden_norm,
+            replica_context=tf.distribute.get_replica_context())
+        scaled_contrast_loss = contrast_loss / num_replicas
+      projection_gradients = tape.gradient(scaled_contrast_loss, projections)
+      values['contrast_loss'] = contrast_loss
+      values.update(losses.contrastive_metrics(logits_ab, contrast_labels))
+
+    # Pass 2: forward + backward of each micro-batch with the cached upstream gradient.
+    def pass2_body(index, gradient_sums, statistic_sums, supervised_sums):
+      with tf.GradientTape() as tape:
+        outputs = forward(micro_images[index])
+        surrogate = tf.constant(0.0)
+        if pretrain:
+          surrogate += tf.reduce_sum(
+              tf.stop_gradient(projection_gradients[index]) * outputs['proj_head_output'])
+        if supervised:
+          labels = micro_labels[index]
+          labels = tf.concat([labels, labels], 0) if pretrain else labels
+          logits = tf.cast(outputs['logits_sup'], tf.float32)
+          cross_entropy = tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(
+              labels=tf.cast(labels, tf.float32), logits=logits))
+          correct = tf.reduce_sum(tf.cast(tf.equal(
+              tf.argmax(labels, axis=1), tf.argmax(logits, axis=1)), tf.float32))
+          surrogate += cross_entropy / (supervised_rows * num_replicas)
+          supervised_sums = supervised_sums + tf.stack([cross_entropy, correct])
+      gradients = _zeros_for_none(tape.gradient(surrogate, variables), gradient_sums)
+      with tf.control_dependencies(gradients):
+        statistic_sums = [total + tf.cast(tf.convert_to_tensor(variable), total.dtype)
+                          for total, variable in zip(statistic_sums, statistics)]
+      with tf.control_dependencies(statistic_sums):
+        restore_statistics()
+      gradient_sums = [total + tf.cast(gradient, total.dtype)
+                       for total, gradient in zip(gradient_sums, gradients)]
+      return index + 1, gradient_sums, statistic_sums, supervised_sums
+
+    _, gradient_sums, statistic_sums, supervised_sums = tf.while_loop(
+        lambda index, *_: index < num_micro, pass2_body,
+        (tf.constant(0), [tf.zeros(v.shape, tf.float32) for v in variables],
+         [tf.zeros_like(value) for value in initial_statistics], tf.zeros([2])))
+    for variable, total in zip(statistics, statistic_sums):
+      variable.assign(total / num_micro)
+
+    with tf.GradientTape() as tape:
+      weight_decay = optim.weight_decay_loss(model, config.optim)
+      scaled_weight_decay = weight_decay / num_replicas
+    decay_gradients = _zeros_for_none(tape.gradient(scaled_weight_decay, variables),
+                                      gradient_sums)
+    gradients = [total + tf.cast(decay, total.dtype)
+                 for total, decay in zip(gradient_sums, decay_gradients)]
+    optimizer.apply_gradients(zip(gradients, variables))
+
+    loss = values.get('contrast_loss', tf.constant(0.0))
+    if supervised:
+      values['supervised_loss'] = supervised_sums[0] / supervised_rows
+      values['supervised_acc'] = supervised_sums[1] / supervised_rows
+      loss += values['supervised_loss']
+    values['weight_decay'] = weight_decay
+    values['total_loss'] = loss + weight_decay
+    return metrics_lib.pack(values, metric_names)
+
+  return train_step
+
+
+def uses_grad_cache(config: config_lib.Config, num_replicas: int) -> bool:
+  """Whether --micro_batch_size asks for micro-batches smaller than the replica batch."""
+  micro = config.train.micro_batch_size
+  return bool(micro) and micro < config.train.train_batch_size // max(1, num_replicas)
+
+
+def maybe_build_train_step(config: config_lib.Config, model: keras.Model,
+                           optimizer: keras.optimizers.Optimizer,
+                           strategy: tf.distribute.Strategy, metric_names: Sequence[str]
+                           ) -> Optional[Callable[[dict[str, tf.Tensor]], tf.Tensor]]:
+  """The gradient-caching step when --micro_batch_size splits the batch, else None."""
+  if not uses_grad_cache(config, strategy.num_replicas_in_sync):
+    return None
+  step = build_train_step(config, model, optimizer, strategy, metric_names)
+  if config.train.jit_compile:
+    return tf.function(step, jit_compile=True)
+  return step
