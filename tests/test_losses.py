@@ -105,6 +105,38 @@ def test_logsumexp_form_equals_concatenation_and_official_scale():
                                tape.gradient(reference, hidden).numpy(), rtol=1e-4, atol=1e-7)
 
 
+# Invariants in lightly's manner (its tests/loss/test_NTXentLoss.py), on our scale: the
+# loss is the sum of the mean over view-1 anchors and the mean over view-2 anchors.
+
+
+@pytest.mark.parametrize('batch_size, temperature, hidden_norm', [
+    (1, 0.1, True), (3, 0.5, True), (8, 0.07, True), (6, 1.0, False)])
+def test_swapping_the_two_views_gives_the_same_loss(batch_size, temperature, hidden_norm):
+  rng = np.random.default_rng(batch_size)
+  view1, view2 = rng.normal(size=(2, batch_size, 5))  # float64
+  loss, _, _ = losses.nt_xent_loss(np.concatenate([view1, view2]), temperature=temperature,
+                                   hidden_norm=hidden_norm)
+  swapped, _, _ = losses.nt_xent_loss(np.concatenate([view2, view1]),
+                                      temperature=temperature, hidden_norm=hidden_norm)
+  np.testing.assert_allclose(float(swapped), float(loss), rtol=1e-12)
+
+
+@pytest.mark.parametrize('batch_size', [1, 2, 7, 32])
+@pytest.mark.parametrize('temperature', [0.05, 0.1, 0.5, 1.0, 10.0])
+def test_identical_embeddings_give_twice_log_of_2b_minus_1(batch_size, temperature):
+  # All 2B logits of an anchor's softmax (positive + 2B - 2 negatives; itself masked)
+  # are equal, so each anchor's loss is log(2B - 1), whatever the temperature, and ours,
+  # the sum of the two views' means, is 2 log(2B - 1).
+  embedding = np.random.default_rng(0).normal(size=(1, 16))
+  hidden = np.repeat(embedding, 2 * batch_size, axis=0)  # float64
+  loss, _, _ = losses.nt_xent_loss(hidden, temperature=temperature)
+  np.testing.assert_allclose(float(loss), 2 * np.log(2 * batch_size - 1), rtol=1e-12,
+                             atol=1e-12)
+  loss32, _, _ = losses.nt_xent_loss(tf.constant(hidden, tf.float32), temperature=temperature)
+  np.testing.assert_allclose(float(loss32), 2 * np.log(2 * batch_size - 1), rtol=1e-5,
+                             atol=1e-5)
+
+
 def test_bfloat16_input_is_computed_in_float32():
   rng = np.random.default_rng(2)
   hidden = rng.normal(size=(8, 16)).astype(np.float32)
