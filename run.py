@@ -76,6 +76,8 @@ def main(argv: list[str]) -> None:
   files_before = set(os.listdir(model_dir)) if os.path.isdir(model_dir) else set()
   flags_path = os.path.join(model_dir, 'flags.json')
   flags_before = open(flags_path).read() if os.path.isfile(flags_path) else None
+  flagfile_path = os.path.join(model_dir, 'flags.txt')
+  flagfile_before = open(flagfile_path).read() if os.path.isfile(flagfile_path) else None
   checkpoint_before = checkpoints.latest_complete_checkpoint(model_dir)
   try:
     data_sizes = train_lib.dataset_info(config)
@@ -89,6 +91,8 @@ def main(argv: list[str]) -> None:
       if checkpoints.is_chief(strategy):
         checkpoints.write_json_atomic(os.path.join(model_dir, 'flags.json'),
                                       simclr_flags.flags_to_json())
+        # A flagfile that repeats this run: python run.py --flagfile=MODEL_DIR/flags.txt
+        checkpoints.write_text_atomic(flagfile_path, simclr_flags.flags_to_flagfile())
       train_lib.train(config, strategy, data_sizes=data_sizes)
     if mode == 'train_then_eval':
       evaluate_lib.evaluate(config, strategy, data_sizes=data_sizes)
@@ -103,6 +107,8 @@ def main(argv: list[str]) -> None:
                                        open(flags_path).read() != flags_before):
         # write_json_atomic adds the final newline back.
         checkpoints.write_json_atomic(flags_path, flags_before.removesuffix('\n'))
+      if flagfile_before is not None and open(flagfile_path).read() != flagfile_before:
+        checkpoints.write_text_atomic(flagfile_path, flagfile_before)
     fail(str(error))
   except train_lib.NonFiniteLossError as error:
     fail(str(error), EXIT_NON_FINITE_LOSS)

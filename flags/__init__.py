@@ -95,6 +95,24 @@ def flags_to_json(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> str:
   return json.dumps(flag_values_dict(flag_values), indent=2, sort_keys=True)
 
 
+FLAGFILE_HEADER = (
+    '# The flags of a tf_simclr run, one per line (absl flagfile); to repeat the run:\n'
+    '#   python run.py --flagfile=<this file>\n'
+    '# Flags given after --flagfile override these.\n')
+
+
+def flags_to_flagfile(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> str:
+  """Text of an absl flagfile that repeats the run: `--name=value` for all our flags.
+
+  Every flag is written, not only those given, so the file means the same run if a
+  default changes later; a flag whose value is None (unset optional flags such as
+  --data_dir or --cifar_stem) is left out, which keeps it None.
+  """
+  lines = [flag_values[name].serialize() for name in all_flag_names()
+           if flag_values[name].value is not None]
+  return FLAGFILE_HEADER + '\n'.join(lines) + '\n'
+
+
 def config_from_flags_json(path: Union[str, os.PathLike[str]]
                            ) -> config_lib.Config:
   """Rebuilds a run's `Config` from its `flags.json`.

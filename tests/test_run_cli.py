@@ -9,6 +9,9 @@ import sys
 
 import pytest
 import tensorflow as tf
+from absl import flags as absl_flags
+
+import flags as simclr_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_SECS = 600
@@ -59,6 +62,11 @@ def test_train_then_eval_then_resume(cifar10_dir, tmp_path):
   assert (model_dir / 'result_4.json').exists()
   flags = json.loads((model_dir / 'flags.json').read_text())
   assert flags['resnet_depth'] == 18 and flags['train_steps'] == 4
+  # flags.txt repeats the run: read back as a flagfile it gives the same flags.
+  repeated = absl_flags.FlagValues()
+  simclr_flags.define_flags(repeated)
+  repeated(['run.py', f'--flagfile={model_dir / "flags.txt"}'])
+  assert json.loads(simclr_flags.flags_to_json(repeated)) == flags
   assert tf.train.latest_checkpoint(str(model_dir)).endswith('ckpt-4')
   assert (model_dir / 'ckpt-2.index').exists()
   for tag in ('train/contrast_loss', 'train/contrast_acc', 'train/contrast_entropy',

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from typing import Any, Mapping, Optional
 
 import tensorflow as tf
@@ -57,6 +58,22 @@ def write_json_atomic(path: str, data: Any) -> None:
   except BaseException:
     if os.path.exists(temp_path):
       os.remove(temp_path)
+    raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` to `path` (any tf.io.gfile file system) via a temporary file and a
+  rename, so a reader never sees a half-written file."""
+  directory, name = os.path.split(path)
+  tf.io.gfile.makedirs(directory or '.')
+  temp_path = os.path.join(directory, f'.{name}.{uuid.uuid4().hex}.tmp')
+  try:
+    with tf.io.gfile.GFile(temp_path, 'w') as text_file:
+      text_file.write(text)
+    tf.io.gfile.rename(temp_path, path, overwrite=True)
+  except BaseException:
+    if tf.io.gfile.exists(temp_path):
+      tf.io.gfile.remove(temp_path)
     raise
 
 
