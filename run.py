@@ -86,6 +86,9 @@ def main(argv: list[str]) -> None:
       if config.train.checkpoint:
         checkpoints.check_compatible(checkpoints.resolve_checkpoint(config.train.checkpoint),
                                      config)
+      if config.train.train_mode == 'distill':
+        from tf_simclr import distill  # pylint: disable=g-import-not-at-top
+        distill.check_inputs(config, data_sizes.num_classes)
       if checkpoint_before:  # Before flags.json is replaced: it describes that checkpoint.
         checkpoints.check_compatible(checkpoint_before, config)
       if checkpoints.is_chief(strategy):

@@ -10,7 +10,9 @@ OFFICIAL_FLAGS = ('mode', 'train_mode', 'lineareval_while_pretraining',
 OUR_FLAGS = ('steps_per_loop', 'mixed_precision', 'jit_compile',
              'deterministic', 'seed', 'log_every_steps', 'micro_batch_size',
              'knn_every_steps', 'knn_at_eval', 'knn_k', 'knn_temperature',
-             'knn_train_examples', 'knn_eval_examples')
+             'knn_train_examples', 'knn_eval_examples',
+             'teacher_checkpoint', 'distill_temperature', 'distill_label_weight',
+             'distill_labeled_split')
 
 
 def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
@@ -22,7 +24,9 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
   absl_flags.DEFINE_enum(
       'train_mode', 'pretrain', list(config_lib.TRAIN_MODES),
       'pretrain: contrastive learning on two views; finetune: supervised '
-      'training of the encoder and head on one view.', flag_values=flag_values)
+      'training of the encoder and head on one view; distill (ours): train on '
+      'the soft labels of --teacher_checkpoint on unlabelled images (SimCLRv2 '
+      'stage 3).', flag_values=flag_values)
   absl_flags.DEFINE_bool(
       'lineareval_while_pretraining', True,
       'While pretraining, also train a linear classifier on a stop-gradient of '
@@ -69,6 +73,7 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
       'micro-batch). Must divide the per-replica batch; 0: off.',
       flag_values=flag_values)
   _define_knn_flags(flag_values)
+  _define_distill_flags(flag_values)
 
 
 def _define_knn_flags(flag_values: absl_flags.FlagValues) -> None:
@@ -95,3 +100,24 @@ def _define_knn_flags(flag_values: absl_flags.FlagValues) -> None:
       'knn_eval_examples', 0,
       'kNN queries: the first this many eval-split examples; 0 uses all.',
       flag_values=flag_values)
+
+
+def _define_distill_flags(flag_values: absl_flags.FlagValues) -> None:
+  """--train_mode=distill (tf_simclr/distill.py)."""
+  absl_flags.DEFINE_string(
+      'teacher_checkpoint', None,
+      '--train_mode=distill: the frozen teacher, a fine-tuned run (checkpoint '
+      'prefix or model_dir) or its hub export folder.', flag_values=flag_values)
+  absl_flags.DEFINE_float(
+      'distill_temperature', 1.0,
+      'Distillation temperature T: cross-entropy between softmax(teacher / T) '
+      'and softmax(student / T); must be > 0.', flag_values=flag_values)
+  absl_flags.DEFINE_float(
+      'distill_label_weight', 0.0,
+      'Weight of the supervised loss on --distill_labeled_split added to the '
+      'distillation loss; 0 uses no labels.', flag_values=flag_values)
+  absl_flags.DEFINE_string(
+      'distill_labeled_split', None,
+      "The labelled subset for --distill_label_weight, a split string such as "
+      "'train[:10%]' (image folders are shuffled before slicing, so every class "
+      "is in it).", flag_values=flag_values)

@@ -18,7 +18,7 @@ PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 OPTIMIZERS = ('lars', 'momentum', 'adam')
 LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
 MODES = ('train', 'eval', 'train_then_eval')
-TRAIN_MODES = ('pretrain', 'finetune')
+TRAIN_MODES = ('pretrain', 'finetune', 'distill')  # distill: ours (SimCLRv2 stage 3).
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 MIXED_PRECISIONS = ('float32', 'bfloat16')
 EXPORT_WHEN = ('checkpoint', 'end', 'never')
@@ -152,6 +152,15 @@ class KnnConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig:
+  """--train_mode=distill: a frozen teacher's soft labels train the student. Ours."""
+  teacher_checkpoint: Optional[str] = None   # checkpoint, model_dir or hub export dir
+  distill_temperature: float = 1.0
+  distill_label_weight: float = 0.0           # weight of the supervised loss on labels
+  distill_labeled_split: Optional[str] = None  # labelled subset, e.g. 'train[:10%]'
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """The whole configuration of a run."""
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -162,6 +171,7 @@ class Config:
   export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
   infra: InfraConfig = dataclasses.field(default_factory=InfraConfig)
   knn: KnnConfig = dataclasses.field(default_factory=KnnConfig)
+  distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
   def to_dict(self) -> dict[str, dict[str, Any]]:
     """Nested plain dict (JSON-serialisable)."""
@@ -246,7 +256,8 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(o.weight_decay >= 0, f'--weight_decay={o.weight_decay} must be >= 0.')
   check(0 <= o.momentum < 1, f'--momentum={o.momentum} must be in [0, 1).')
   check(t.mode in MODES, f'--mode={t.mode!r} is unknown; use one of {MODES}.')
-  check(t.train_mode in TRAIN_MODES, f'--train_mode={t.train_mode!r} is unknown; use pretrain or finetune.')
+  check(t.train_mode in TRAIN_MODES,
+        f'--train_mode={t.train_mode!r} is unknown; use pretrain, finetune or distill.')
   check(-1 <= t.fine_tune_after_block <= 4,
         f'--fine_tune_after_block={t.fine_tune_after_block} must be in -1..4.')
   check(t.fine_tune_after_block == -1 or t.train_mode == 'finetune',
@@ -295,6 +306,7 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(not (i.use_tpu and i.num_cpu_devices > 1),
         '--num_cpu_devices splits the CPU for local multi-replica runs; it cannot be combined with --use_tpu.')
   _validate_knn(config.knn)
+  _validate_distill(config.distill, t.train_mode)
 
 
 def _validate_knn(knn: KnnConfig) -> None:
@@ -307,6 +319,27 @@ def _validate_knn(knn: KnnConfig) -> None:
        f'--knn_train_examples={knn.knn_train_examples} must be >= 0 (0: the whole train split).'),
       (knn.knn_eval_examples >= 0,
        f'--knn_eval_examples={knn.knn_eval_examples} must be >= 0 (0: the whole eval split).'),
+  )
+  for condition, message in checks:
+    if not condition:
+      raise ValueError(message)
+
+
+def _validate_distill(distill: DistillConfig, train_mode: str) -> None:
+  """The distillation flags; ValueError naming the flag."""
+  distilling = train_mode == 'distill'
+  checks = (
+      (distill.distill_temperature > 0,
+       f'--distill_temperature={distill.distill_temperature} must be > 0.'),
+      (distill.distill_label_weight >= 0,
+       f'--distill_label_weight={distill.distill_label_weight} must be >= 0 (0: no labels).'),
+      (bool(distill.teacher_checkpoint) or not distilling,
+       '--train_mode=distill needs --teacher_checkpoint: a fine-tuned run\'s checkpoint or '
+       'model_dir, or its hub export.'),
+      (bool(distill.distill_labeled_split) or distill.distill_label_weight == 0 or
+       not distilling,
+       f'--distill_label_weight={distill.distill_label_weight} needs '
+       "--distill_labeled_split (the labelled subset, e.g. 'train[:10%]')."),
   )
   for condition, message in checks:
     if not condition:

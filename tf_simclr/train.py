@@ -62,6 +62,9 @@ def dataset_info(config: config_lib.Config) -> Any:
 
 def train_input_fn(config: config_lib.Config) -> InputFn:
   """The training input function of the data module for `config`."""
+  if config.train.train_mode == 'distill':
+    from tf_simclr import distill  # pylint: disable=g-import-not-at-top
+    return distill.train_input_fn(config)
   from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
   return data_lib.build_input_fn(
       config.data, split=config.data.train_split, is_training=True,
@@ -213,7 +216,8 @@ def restore_pretrained(model: SimCLRModel, checkpoint_path: str,
   """
   checkpoints.check_compatible(checkpoint_path, config)
   parts = {'encoder': model.encoder, 'projection_head': model.projection_head}
-  if config.train.train_mode == 'pretrain' and model.supervised_head is not None:
+  # A distillation student may start from a fine-tuned model's head too.
+  if config.train.train_mode in ('pretrain', 'distill') and model.supervised_head is not None:
     if checkpoints.checkpoint_has_object(checkpoint_path, ('model', 'supervised_head')):
       parts['supervised_head'] = model.supervised_head
   checkpoints.restore_or_explain(
@@ -415,6 +419,11 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
     optimizer.build(model.trainable_variables)
   supervised = model.supervised_head is not None
   metric_names = metrics_lib.train_metric_names(pretrain, supervised)
+  teacher = None
+  if train_config.train_mode == 'distill':  # SimCLRv2 stage 3: tf_simclr/distill.py.
+    from tf_simclr import distill  # pylint: disable=g-import-not-at-top
+    teacher = distill.load_teacher(config, strategy, sizes.num_classes)
+    metric_names = distill.metric_names(config)
 
   # 3. Restore: own latest checkpoint, else --checkpoint weights, else fresh.
   checkpoint = tf.train.Checkpoint(
@@ -437,7 +446,11 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   step = int(optimizer.iterations.numpy())
 
   # 4. The step function and the multi-step loop.
-  step_fn = build_train_step(config, model, optimizer, strategy, metric_names)
+  if teacher is not None:
+    step_fn = distill.build_train_step(config, model, teacher, optimizer, strategy,
+                                       metric_names)
+  else:
+    step_fn = build_train_step(config, model, optimizer, strategy, metric_names)
   train_loop = build_train_loop(strategy, step_fn, len(metric_names))
 
   writer = (tf.summary.create_file_writer(model_dir) if chief
@@ -467,7 +480,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
       writer.flush()
       if verbose and chief:
         shown = {'loss': loop_metrics['total_loss']}
-        for name in ('contrast_acc', 'supervised_acc'):
+        for name in ('contrast_acc', 'supervised_acc', 'teacher_agreement'):
           if name in loop_metrics:
             shown[name] = loop_metrics[name]
         shown['lr'] = current_lr

@@ -476,7 +476,8 @@ def build_input_fn(data_config: DataConfig,
                    is_training: bool,
                    train_mode: str,
                    global_batch_size: int,
-                   seed: Optional[int] = None
+                   seed: Optional[int] = None,
+                   flag: Optional[str] = None
                    ) -> Callable[[Optional[tf.distribute.InputContext]], tf.data.Dataset]:
   """Input function for `strategy.distribute_datasets_from_function`.
 
@@ -498,6 +499,7 @@ def build_input_fn(data_config: DataConfig,
     train_mode: 'pretrain' (two views) or 'finetune' (one view).
     global_batch_size: Examples per global step over all replicas.
     seed: Makes shuffling and augmentation reproducible; None: random.
+    flag: The flag named in errors about `split`; default train_split / eval_split.
 
   Raises:
     ValueError / FileNotFoundError: one clear line, at call time (not in the input fn).
@@ -505,7 +507,7 @@ def build_input_fn(data_config: DataConfig,
   if train_mode not in ('pretrain', 'finetune'):
     raise ValueError(f'--train_mode={train_mode!r} is unknown; use pretrain or finetune.')
   source = _get_source(data_config.dataset, data_config.data_dir)
-  flag = 'train_split' if is_training else 'eval_split'
+  flag = flag or ('train_split' if is_training else 'eval_split')
   num_examples = source.num_examples(split, flag)
   num_classes = source.num_classes
   size = data_config.image_size

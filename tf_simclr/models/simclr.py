@@ -55,7 +55,7 @@ class SimCLRModel(keras.Model):
         (0 = encoder output, -1 = last layer).
       num_classes: supervised head size; needed when the model has a supervised head
         (`train_mode='finetune'` or `lineareval_while_pretraining`).
-      train_mode: 'pretrain' or 'finetune'.
+      train_mode: 'pretrain', 'finetune' or 'distill' (a student: as 'finetune').
       lineareval_while_pretraining: add a supervised head on a stop-gradient of the
         selected hidden while pretraining.
       fine_tune_after_block: finetune only: freeze the encoder up to this block group
@@ -70,7 +70,8 @@ class SimCLRModel(keras.Model):
     if train_mode == 'pretrain' and fine_tune_after_block != -1:
       raise ValueError(f'--fine_tune_after_block={fine_tune_after_block} only applies to '
                        '--train_mode=finetune; drop it or set --train_mode=finetune.')
-    self.has_supervised_head = train_mode == 'finetune' or lineareval_while_pretraining
+    # A distillation student trains like a finetuned model (one view, all layers, head).
+    self.has_supervised_head = train_mode in ('finetune', 'distill') or lineareval_while_pretraining
     if self.has_supervised_head and not num_classes:
       raise ValueError('The supervised head (--train_mode=finetune or '
                        '--lineareval_while_pretraining) needs num_classes >= 1; got '
