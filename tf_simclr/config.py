@@ -306,7 +306,7 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(not (i.use_tpu and i.num_cpu_devices > 1),
         '--num_cpu_devices splits the CPU for local multi-replica runs; it cannot be combined with --use_tpu.')
   _validate_knn(config.knn)
-  _validate_distill(config.distill, t.train_mode)
+  _validate_distill(config.distill, t)
 
 
 def _validate_knn(knn: KnnConfig) -> None:
@@ -325,9 +325,9 @@ def _validate_knn(knn: KnnConfig) -> None:
       raise ValueError(message)
 
 
-def _validate_distill(distill: DistillConfig, train_mode: str) -> None:
+def _validate_distill(distill: DistillConfig, train: TrainConfig) -> None:
   """The distillation flags; ValueError naming the flag."""
-  distilling = train_mode == 'distill'
+  distilling = train.train_mode == 'distill'
   checks = (
       (distill.distill_temperature > 0,
        f'--distill_temperature={distill.distill_temperature} must be > 0.'),
@@ -340,6 +340,9 @@ def _validate_distill(distill: DistillConfig, train_mode: str) -> None:
        not distilling,
        f'--distill_label_weight={distill.distill_label_weight} needs '
        "--distill_labeled_split (the labelled subset, e.g. 'train[:10%]')."),
+      (not (distilling and train.micro_batch_size),
+       f'--micro_batch_size={train.micro_batch_size} is not supported with '
+       '--train_mode=distill; drop it.'),
   )
   for condition, message in checks:
     if not condition:
