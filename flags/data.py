@@ -5,7 +5,7 @@ from absl import flags as absl_flags
 OFFICIAL_FLAGS = ('dataset', 'data_dir', 'train_split', 'eval_split',
                   'cache_dataset', 'image_size', 'eval_batch_size', 'eval_steps',
                   'color_jitter_strength', 'use_blur')
-OUR_FLAGS = ('color_jitter_impl', 'eval_timeout_secs')
+OUR_FLAGS = ('color_jitter_impl', 'blur_impl', 'crop_fallback', 'eval_timeout_secs')
 
 
 def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
@@ -50,6 +50,17 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
       'color_jitter_impl', 'simclrv2', ['simclrv2', 'simclrv1'],
       'Brightness jitter of SimCLRv2 (multiplicative, the official tf2 code) '
       'or SimCLRv1 (additive).', flag_values=flag_values)
+  absl_flags.DEFINE_enum(
+      'blur_impl', 'per_image', ['per_image', 'per_batch'],
+      'Blur of --use_blur: per_image draws sigma for each image and pads by '
+      'reflection; per_batch draws one sigma per view of each per-replica batch '
+      'and pads with zeros, as the official tf2 code.', flag_values=flag_values)
+  absl_flags.DEFINE_enum(
+      'crop_fallback', 'whole_image', ['whole_image', 'center_crop'],
+      'When no random crop fits after 100 tries (an image over ~13x wider than '
+      'tall, or taller than wide): the whole image, squeezed to the output (the official code), or a '
+      'center crop with the aspect ratio clamped to [3/4, 4/3] (torchvision).',
+      flag_values=flag_values)
   absl_flags.DEFINE_float(
       'eval_timeout_secs', 3600.0,
       '--mode=eval: stop when no new checkpoint appears in --model_dir for this '

@@ -172,8 +172,8 @@ def _identify(view: np.ndarray, examples) -> int:
 
 def test_image_folder_views_pair_rows_of_the_same_example(tmp_path):
   examples = _constant_color_folder(tmp_path, 9)
-  # No colour jitter: crops and flips keep each constant image, grayscale (p 0.2) turns
-  # it into its luma.
+  # No colour distortion (strength 0 also turns off grayscale, as the official code):
+  # crops and flips keep each constant image.
   config = DataConfig(dataset='image_folder', data_dir=str(tmp_path), train_split='train',
                       image_size=8, color_jitter_strength=0.0)
   input_fn = datasets.build_input_fn(config, split='train', is_training=True,
@@ -193,6 +193,34 @@ def test_image_folder_views_pair_rows_of_the_same_example(tmp_path):
   other_fn = datasets.build_input_fn(config, split='train', is_training=True,
                                      train_mode='pretrain', global_batch_size=4, seed=4)
   assert np.any(next(iter(other_fn(_context(1, 0, 1))))['image'].numpy() != first.numpy())
+
+
+@pytest.mark.parametrize('blur_impl', ['per_image', 'per_batch'])
+def test_pretrain_blur_per_image_or_once_per_view_of_the_batch(tmp_path, blur_impl):
+  # Constant images: the per-image blur (reflect padding) keeps them; the official
+  # per-batch blur (zero padding) darkens the border by a factor set by its one sigma.
+  _constant_color_folder(tmp_path, 8)
+  config = DataConfig(dataset='image_folder', data_dir=str(tmp_path), train_split='train',
+                      image_size=32, color_jitter_strength=0.0, blur_impl=blur_impl)
+  input_fn = datasets.build_input_fn(config, split='train', is_training=True,
+                                     train_mode='pretrain', global_batch_size=8, seed=5)
+  ratios = []
+  for batch in input_fn(_context(1, 0, 1)).take(4):
+    images = batch['image'].numpy()  # [16, 32, 32, 3]
+    corner = images[:, 0, 0, 1] / images[:, 16, 16, 1]
+    np.testing.assert_allclose(images[:, 16, 16], images[:, 15, 17], atol=1e-5)
+    if blur_impl == 'per_image':
+      np.testing.assert_allclose(corner, 1.0, atol=1e-5)
+      continue
+    for view in (corner[:8], corner[8:]):
+      blurred = view[view < 1 - 1e-4]
+      if len(blurred):
+        assert np.ptp(blurred) < 1e-4  # One sigma per view of the batch.
+        ratios.append(blurred[0])
+  if blur_impl == 'per_batch':
+    assert len(ratios) >= 6 and len(np.unique(np.round(ratios, 4))) >= 6
+    # 3-tap kernel, sigma in [0.1, 2]: the corner keeps (1 - w)^2, w <= 0.32.
+    assert min(ratios) > (1 - 0.32) ** 2 - 1e-3
 
 
 def test_image_folder_skips_and_counts_bad_files(tmp_path, caplog):

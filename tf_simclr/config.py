@@ -22,6 +22,8 @@ TRAIN_MODES = ('pretrain', 'finetune', 'distill')  # distill: ours (SimCLRv2 sta
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 MIXED_PRECISIONS = ('float32', 'bfloat16')
 EXPORT_WHEN = ('checkpoint', 'end', 'never')
+BLUR_IMPLS = ('per_image', 'per_batch')
+CROP_FALLBACKS = ('whole_image', 'center_crop')
 
 # Variables whose path contains one of these get neither weight decay nor LARS
 # trust-ratio adaptation (official defaults).
@@ -72,6 +74,12 @@ class DataConfig:
   use_blur: bool = True
   # SimCLRv2 multiplicative brightness ('simclrv2') or v1 additive ('simclrv1'). Ours.
   color_jitter_impl: str = 'simclrv2'
+  # Blur sigma drawn per image with reflect padding ('per_image'), or once per view of
+  # each per-replica batch with zero padding ('per_batch', the official code). Ours.
+  blur_impl: str = 'per_image'
+  # No crop fits after 100 tries (very elongated images): the whole image
+  # ('whole_image', the official code) or a center crop with the aspect clamped. Ours.
+  crop_fallback: str = 'whole_image'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +256,10 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(d.color_jitter_strength >= 0, f'--color_jitter_strength={d.color_jitter_strength} must be >= 0.')
   check(d.color_jitter_impl in ('simclrv1', 'simclrv2'),
         f'--color_jitter_impl={d.color_jitter_impl!r} is unknown; use simclrv1 or simclrv2.')
+  check(d.blur_impl in BLUR_IMPLS,
+        f'--blur_impl={d.blur_impl!r} is unknown; use one of {BLUR_IMPLS}.')
+  check(d.crop_fallback in CROP_FALLBACKS,
+        f'--crop_fallback={d.crop_fallback!r} is unknown; use one of {CROP_FALLBACKS}.')
   check(o.optimizer in OPTIMIZERS, f'--optimizer={o.optimizer!r} is unknown; use one of {OPTIMIZERS}.')
   check(o.learning_rate_scaling in LEARNING_RATE_SCALINGS,
         f'--learning_rate_scaling={o.learning_rate_scaling!r} is unknown; use linear or sqrt.')

@@ -3,23 +3,21 @@
 Each random function takes an optional `seed`: a stateless seed, an int32/int64
 tensor of shape [2]. With a seed, the output is a pure function of (image, seed),
 identical eagerly and inside `tf.data.Dataset.map`; without one, a seed is drawn
-from the global generator. Every random decision is made per image (one crop, one
-flip, one colour order, one blur sigma per call).
+from the global generator.
 
-Small-image rules of the official recipe, kept here so all callers agree:
-- `preprocess_for_train` blurs only when `use_blur` and `height > SMALL_IMAGE_SIZE`
-  (the official CIFAR-10 recipe turns blur off for 32 px images).
-- `eval_center_crop(image_size)` is False for `image_size <= SMALL_IMAGE_SIZE`: eval
-  images that small are only resized, as in the official code.
+Defaults follow google-research/simclr tf2 `data_util.py` (tests/official/ compares
+them with that code): the crop box is sampled with `min_object_covered=0.1`, the
+bicubic resize of the crop is not clipped, colour jitter clips after each of its
+steps, the view is clipped once at the end, and blur runs at every image size
+(a 3-tap kernel at 32 px). `eval_center_crop(image_size)` is False for
+`image_size <= SMALL_IMAGE_SIZE`: eval images that small are only resized, as there.
 
-Differences from google-research/simclr (documented in docs/differences.md):
-- Blur sigma is drawn per image (the official code draws one sigma per batch), and
-  the blur pads by reflection instead of with zeros (no dark border).
-- The random crop samples areas in [0.08, 1]: the official code also passes
-  `min_object_covered=0.1`, which silently raises the smallest area to 0.1.
-- When no crop fits after `max_attempts` (very elongated images), it falls back to a
-  center crop with the aspect ratio clamped into range, as torchvision does; the
-  official code then uses the whole, distorted image.
+Options that differ from the official code (chosen by the caller; docs/differences.md):
+- `random_blur` draws sigma per image and pads by reflection; `batch_random_blur` is
+  the official one: one sigma per batch, zero padding.
+- `crop_fallback='center_crop'`: when no crop fits after `max_attempts` (very
+  elongated images), a center crop with the aspect ratio clamped into range, as
+  torchvision; the default 'whole_image' is the official whole, distorted image.
 """
 
 from __future__ import annotations
@@ -29,7 +27,9 @@ from typing import Callable, Optional, Sequence
 import tensorflow as tf
 
 CROP_PROPORTION = 0.875  # Center-crop fraction for eval, standard for ImageNet.
-SMALL_IMAGE_SIZE = 32    # At or below this size: no blur in training, no eval crop.
+SMALL_IMAGE_SIZE = 32    # At or below this size: no eval center crop.
+CROP_FALLBACKS = ('whole_image', 'center_crop')
+BLUR_PADDINGS = ('reflect', 'zero')
 
 Seed = Optional[tf.Tensor]
 
@@ -64,31 +64,43 @@ def sample_crop_box(image_shape: tf.Tensor,
                     *,
                     area_range: Sequence[float] = (0.08, 1.0),
                     aspect_ratio_range: Sequence[float] = (3. / 4., 4. / 3.),
+                    min_object_covered: float = 0.1,
                     max_attempts: int = 100,
+                    crop_fallback: str = 'whole_image',
                     seed: Seed = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
   """Samples a SimCLR/Inception crop box with `tf.image.sample_distorted_bounding_box`.
+
+  The defaults are the official ones: the crop must also cover `min_object_covered`
+  of the whole image, so with 0.1 the areas actually sampled are in [0.1, 1].
 
   Args:
     image_shape: [3] int tensor, (height, width, channels) of the image.
     area_range: (min, max) fraction of the image area the crop covers.
     aspect_ratio_range: (min, max) crop width / height.
-    max_attempts: Tries before falling back to a center crop with the aspect
-      ratio clamped into `aspect_ratio_range`.
+    min_object_covered: Smallest fraction of the whole image the crop must cover.
+    max_attempts: Tries before the fallback.
+    crop_fallback: After `max_attempts` failures: 'whole_image' (official) keeps the
+      sampler's whole image, whatever its aspect ratio; 'center_crop' takes a center
+      crop with the aspect ratio clamped into `aspect_ratio_range` (torchvision).
     seed: Optional [2] stateless seed.
 
   Returns:
     (offset_y, offset_x, crop_height, crop_width), int32 scalars.
   """
+  if crop_fallback not in CROP_FALLBACKS:
+    raise ValueError(f'crop_fallback={crop_fallback!r} is unknown; use one of {CROP_FALLBACKS}.')
   image_shape = tf.cast(image_shape, tf.int32)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       image_shape,
       bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, shape=[1, 1, 4]),
       seed=_make_seed(seed),
-      min_object_covered=0.0,
+      min_object_covered=min_object_covered,
       aspect_ratio_range=tuple(aspect_ratio_range),
       area_range=tuple(area_range),
       max_attempts=max_attempts,
       use_image_if_no_bounding_boxes=True)
+  if crop_fallback == 'whole_image':
+    return begin[0], begin[1], size[0], size[1]
   image_height, image_width = image_shape[0], image_shape[1]
   height_float = tf.cast(image_height, tf.float32)
   width_float = tf.cast(image_width, tf.float32)
@@ -114,11 +126,22 @@ def sample_crop_box(image_shape: tf.Tensor,
   return offset_y, offset_x, crop_height, crop_width
 
 
-def _resize(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
-  """Bicubic resize of one image to [height, width, C], clipped to [0, 1]."""
+def _resize(image: tf.Tensor, height: int, width: int, clip: bool = True) -> tf.Tensor:
+  """Bicubic resize of one image to [height, width, C], clipped to [0, 1] if `clip`."""
   resized = tf.image.resize(image[tf.newaxis], [height, width],
                             method=tf.image.ResizeMethod.BICUBIC)[0]
-  return tf.clip_by_value(resized, 0.0, 1.0)
+  return tf.clip_by_value(resized, 0.0, 1.0) if clip else resized
+
+
+def crop_and_resize(image: tf.Tensor, box: Sequence[tf.Tensor], height: int,
+                    width: int) -> tf.Tensor:
+  """Crops `box` = (offset_y, offset_x, crop_height, crop_width) and bicubic-resizes it.
+
+  Not clipped: bicubic overshoot beyond [0, 1] stays, as in the official code (the
+  training view is clipped later).
+  """
+  crop = tf.image.crop_to_bounding_box(_to_float(image), *box)
+  return _resize(crop, height, width, clip=False)
 
 
 def random_resized_crop(image: tf.Tensor,
@@ -127,29 +150,113 @@ def random_resized_crop(image: tf.Tensor,
                         *,
                         area_range: Sequence[float] = (0.08, 1.0),
                         aspect_ratio_range: Sequence[float] = (3. / 4., 4. / 3.),
+                        min_object_covered: float = 0.1,
                         max_attempts: int = 100,
+                        crop_fallback: str = 'whole_image',
                         seed: Seed = None) -> tf.Tensor:
-  """Random crop (area, aspect) then bicubic resize to [height, width, 3].
+  """Random crop (area, aspect; see `sample_crop_box`) then bicubic resize to [height, width, 3].
 
   As the official code, the aspect-ratio range is relative to the output's
-  width / height.
+  width / height, and the result is not clipped (bicubic may overshoot [0, 1]).
   """
   image = _to_float(image)
   target_ratio = width / height
-  offset_y, offset_x, crop_height, crop_width = sample_crop_box(
+  box = sample_crop_box(
       tf.shape(image),
       area_range=area_range,
       aspect_ratio_range=(aspect_ratio_range[0] * target_ratio,
                           aspect_ratio_range[1] * target_ratio),
+      min_object_covered=min_object_covered,
       max_attempts=max_attempts,
+      crop_fallback=crop_fallback,
       seed=seed)
-  crop = tf.image.crop_to_bounding_box(image, offset_y, offset_x, crop_height, crop_width)
-  return _resize(crop, height, width)
+  return crop_and_resize(image, box, height, width)
+
+
+def _flip_if(image: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+  """Horizontal flip when the scalar bool `flip` is True."""
+  return tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
 
 
 def random_flip(image: tf.Tensor, *, seed: Seed = None) -> tf.Tensor:
   """Horizontal flip with probability 0.5."""
-  return tf.image.stateless_random_flip_left_right(_to_float(image), _make_seed(seed))
+  return _flip_if(_to_float(image), tf.random.stateless_uniform([], _make_seed(seed)) < 0.5)
+
+
+def color_jitter_ranges(strength: float, impl: str = 'simclrv2') -> tuple[tuple[float, float], ...]:
+  """(low, high) of the four jitter draws of strength s: brightness, contrast, saturation, hue.
+
+  Brightness: factor U(max(1 - 0.8s, 0), 1 + 0.8s) ('simclrv2') or additive delta
+  U(-0.8s, 0.8s) ('simclrv1'); contrast and saturation factors U(max(1 - 0.8s, 0),
+  1 + 0.8s); hue shift U(-h, h), h = min(0.2s, 0.5). For s <= 1.25 these are the
+  official ranges (the official code raises an error above that).
+  """
+  if impl not in ('simclrv1', 'simclrv2'):
+    raise ValueError(f'color jitter impl={impl!r} is unknown; use simclrv1 or simclrv2.')
+  spread = 0.8 * strength
+  factor_range = (max(1.0 - spread, 0.0), 1.0 + spread)
+  brightness_range = factor_range if impl == 'simclrv2' else (-spread, spread)
+  hue = min(0.2 * strength, 0.5)
+  return (brightness_range, factor_range, factor_range, (-hue, hue))
+
+
+def adjust_color(image: tf.Tensor, factors: tf.Tensor, order: Sequence[int] | tf.Tensor,
+                 *, impl: str = 'simclrv2') -> tf.Tensor:
+  """Brightness, contrast, saturation and hue with given values, in `order`, clipped after each.
+
+  Deterministic core of `color_jitter` (official `color_jitter_rand` /
+  `color_jitter_nonrand` given their draws).
+
+  Args:
+    image: [..., H, W, 3] float image.
+    factors: [4] float: brightness factor (or additive delta for 'simclrv1'),
+      contrast factor, saturation factor, hue shift in turns.
+    order: [4] permutation; position i applies transform order[i] (0 brightness,
+      1 contrast, 2 saturation, 3 hue). [0, 1, 2, 3] is the official fixed order.
+    impl: 'simclrv2' (multiplicative brightness) or 'simclrv1' (additive).
+
+  Returns:
+    The adjusted image, in [0, 1].
+  """
+  factors = tf.cast(factors, tf.float32)
+  if impl == 'simclrv2':
+    brightness = lambda x: x * factors[0]
+  elif impl == 'simclrv1':
+    brightness = lambda x: x + factors[0]
+  else:
+    raise ValueError(f'color jitter impl={impl!r} is unknown; use simclrv1 or simclrv2.')
+  transforms = [
+      brightness,
+      lambda x: tf.image.adjust_contrast(x, factors[1]),
+      lambda x: tf.image.adjust_saturation(x, factors[2]),
+      lambda x: tf.image.adjust_hue(x, factors[3]),
+  ]
+  static_order = None
+  if isinstance(order, (list, tuple)):
+    static_order = [int(index) for index in order]
+  elif tf.executing_eagerly():  # The indices are known: skip switch_case's tracing.
+    static_order = [int(index) for index in order]
+  for position in range(4):
+    if static_order is not None:
+      image = transforms[static_order[position]](image)
+    else:
+      # Bind `image` now: each branch transforms the current image.
+      branches = [lambda f=f, x=image: f(x) for f in transforms]
+      image = tf.switch_case(tf.cast(order[position], tf.int32), branches)
+    image = tf.clip_by_value(image, 0.0, 1.0)
+  return image
+
+
+def _uniform_to_range(uniform: tf.Tensor, low: float, high: float) -> tf.Tensor:
+  """low + u * (high - low) in float32, as tf.random.uniform maps its raw draw."""
+  return tf.cast(uniform, tf.float32) * (high - low) + low
+
+
+def jitter_factors(uniforms: tf.Tensor, strength: float, impl: str = 'simclrv2') -> tf.Tensor:
+  """[4] uniforms in [0, 1) -> [4] jitter values in `color_jitter_ranges(strength, impl)`."""
+  ranges = color_jitter_ranges(strength, impl)
+  return tf.stack([_uniform_to_range(uniforms[index], low, high)
+                   for index, (low, high) in enumerate(ranges)])
 
 
 def random_brightness(image: tf.Tensor, max_delta: float, *, impl: str = 'simclrv2',
@@ -167,38 +274,9 @@ def random_brightness(image: tf.Tensor, max_delta: float, *, impl: str = 'simclr
   raise ValueError(f'color jitter impl={impl!r} is unknown; use simclrv1 or simclrv2.')
 
 
-def _random_factor(seed: tf.Tensor, strength: float) -> tf.Tensor:
-  """U(max(1 - strength, 0), 1 + strength)."""
-  return tf.random.stateless_uniform([], seed, max(1.0 - strength, 0.0), 1.0 + strength)
-
-
-def _jitter_all(image: tf.Tensor, strength: float, *, random_order: bool, impl: str,
-                seed: Seed) -> tf.Tensor:
-  """Brightness, contrast, saturation, hue (in random order), clipped after each."""
-  brightness = contrast = saturation = 0.8 * strength
-  hue = min(0.2 * strength, 0.5)
-  order_seed, brightness_seed, contrast_seed, saturation_seed, hue_seed = _split_seed(seed, 5)
-  transforms = [
-      lambda x: random_brightness(x, brightness, impl=impl, seed=brightness_seed),
-      lambda x: tf.image.adjust_contrast(x, _random_factor(contrast_seed, contrast)),
-      lambda x: tf.image.adjust_saturation(x, _random_factor(saturation_seed, saturation)),
-      lambda x: tf.image.adjust_hue(
-          x, tf.random.stateless_uniform([], hue_seed, -hue, hue)),
-  ]
-  if random_order:
-    order = tf.argsort(tf.random.stateless_uniform([4], order_seed))
-    for position in range(4):
-      if tf.executing_eagerly():  # The index is known: skip switch_case's tracing.
-        image = transforms[int(order[position])](image)
-      else:
-        # Bind `image` now: each branch transforms the current image.
-        branches = [lambda f=f, x=image: f(x) for f in transforms]
-        image = tf.switch_case(order[position], branches)
-      image = tf.clip_by_value(image, 0.0, 1.0)
-  else:
-    for transform in transforms:
-      image = tf.clip_by_value(transform(image), 0.0, 1.0)
-  return image
+def _random_order(seed: tf.Tensor) -> tf.Tensor:
+  """A uniformly random permutation of range(4)."""
+  return tf.cast(tf.argsort(tf.random.stateless_uniform([4], seed)), tf.int32)
 
 
 def color_jitter(image: tf.Tensor,
@@ -212,18 +290,21 @@ def color_jitter(image: tf.Tensor,
 
   Brightness, contrast and saturation factors are U(1 - 0.8s, 1 + 0.8s) (lower end
   at least 0), hue shift U(-0.2s, 0.2s); the four are applied in random order and
-  the image is clipped to [0, 1] after each. `impl='simclrv1'` makes brightness
-  additive, as SimCLR v1.
+  the image is clipped to [0, 1] after each (`adjust_color`). `impl='simclrv1'` makes
+  brightness additive, as SimCLR v1.
   """
-  if impl not in ('simclrv1', 'simclrv2'):
-    raise ValueError(f'color jitter impl={impl!r} is unknown; use simclrv1 or simclrv2.')
+  color_jitter_ranges(strength, impl)  # Checks impl.
   image = _to_float(image)
   if strength == 0:
     return image
-  apply_seed, jitter_seed = _split_seed(seed, 2)
-  return random_apply(
-      lambda x: _jitter_all(x, strength, random_order=random_order, impl=impl, seed=jitter_seed),
-      p, image, seed=apply_seed)
+  apply_seed, factor_seed, order_seed = _split_seed(seed, 3)
+
+  def jitter(x: tf.Tensor) -> tf.Tensor:
+    factors = jitter_factors(tf.random.stateless_uniform([4], factor_seed), strength, impl)
+    order = _random_order(order_seed) if random_order else [0, 1, 2, 3]
+    return adjust_color(x, factors, order, impl=impl)
+
+  return random_apply(jitter, p, image, seed=apply_seed)
 
 
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
@@ -241,49 +322,68 @@ def blur_kernel_size(height: int | tf.Tensor) -> int | tf.Tensor:
   return 2 * ((height // 10) // 2) + 1
 
 
-def _blur_matrix(size: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-  """[size, size] matrix M with (M @ x) = 1-D convolution of x with `kernel`, reflect-padded."""
+def _blur_matrix(size: tf.Tensor, kernel: tf.Tensor, padding: str) -> tf.Tensor:
+  """[size, size] matrix M with (M @ x) = 1-D convolution of x with `kernel`, padded."""
   kernel_size = tf.shape(kernel)[0]
   radius = kernel_size // 2
   source = tf.range(size)[:, tf.newaxis] + tf.range(kernel_size)[tf.newaxis, :] - radius
-  source = tf.abs(source)                                            # Reflect at 0,
-  source = tf.where(source > size - 1, 2 * (size - 1) - source, source)  # and at size - 1.
+  weights = tf.broadcast_to(kernel, [size, kernel_size])
+  if padding == 'reflect':
+    source = tf.abs(source)                                                # Reflect at 0,
+    source = tf.where(source > size - 1, 2 * (size - 1) - source, source)  # and at size - 1.
+  elif padding == 'zero':
+    inside = tf.logical_and(source >= 0, source <= size - 1)
+    weights = tf.where(inside, weights, tf.zeros_like(weights))  # Taps off the edge read 0.
+    source = tf.clip_by_value(source, 0, size - 1)
+  else:
+    raise ValueError(f'blur padding={padding!r} is unknown; use one of {BLUR_PADDINGS}.')
   rows = tf.broadcast_to(tf.range(size)[:, tf.newaxis], [size, kernel_size])
   indices = tf.stack([rows, source], axis=-1)  # [size, k, 2]
-  # Taps that reflect onto the same pixel are summed.
-  return tf.scatter_nd(indices, tf.broadcast_to(kernel, [size, kernel_size]), [size, size])
+  # Taps that land on the same pixel are summed.
+  return tf.scatter_nd(indices, weights, [size, size])
 
 
 def gaussian_blur(image: tf.Tensor, sigma: float | tf.Tensor,
-                  kernel_size: int | tf.Tensor) -> tf.Tensor:
-  """Separable Gaussian blur of one image: a vertical and a horizontal 1-D pass, reflect padding.
+                  kernel_size: int | tf.Tensor, padding: str = 'reflect') -> tf.Tensor:
+  """Separable Gaussian blur of one image or a batch: a vertical and a horizontal 1-D pass.
 
   Each pass is a matrix product with a banded [n, n] matrix (the 1-D kernel with the
-  reflection folded in): on CPU about 5x faster than two depthwise convolutions with a
+  padding folded in): on CPU about 5x faster than two depthwise convolutions with a
   23-tap kernel at 224 px, with the same result.
 
   Args:
-    image: [H, W, C] float image.
-    sigma: Standard deviation in pixels (> 0).
+    image: [H, W, C] or [N, H, W, C] float image(s).
+    sigma: Standard deviation in pixels (> 0), one for all images.
     kernel_size: Taps of the 1-D kernel; an even size is rounded up to odd. The radius
       must be smaller than H and W.
+    padding: 'reflect' (ours: no dark border) or 'zero' (the official 'SAME'
+      convolution: pixels beyond the edge read 0).
 
   Returns:
-    [H, W, C] blurred image.
+    The blurred image(s), same shape.
   """
+  image = tf.cast(tf.convert_to_tensor(image), tf.float32)
+  batched = image.shape.rank == 4
+  if not batched:
+    image = image[tf.newaxis]
   radius = tf.cast(kernel_size, tf.int32) // 2
   positions = tf.cast(tf.range(-radius, radius + 1), tf.float32)
   sigma = tf.cast(sigma, tf.float32)
   kernel = tf.exp(-tf.square(positions) / (2.0 * tf.square(sigma)))
   kernel /= tf.reduce_sum(kernel)
   shape = tf.shape(image)
-  height, width, channels = shape[0], shape[1], shape[2]
-  image = tf.cast(image, tf.float32)
-  vertical = tf.matmul(_blur_matrix(height, kernel), tf.reshape(image, [height, -1]))  # [H, W*C]
-  rows = tf.reshape(tf.transpose(tf.reshape(vertical, [height, width, channels]), [0, 2, 1]),
-                    [height * channels, width])  # [H*C, W]
-  blurred = tf.matmul(rows, _blur_matrix(width, kernel), transpose_b=True)  # [H*C, W]
-  return tf.transpose(tf.reshape(blurred, [height, channels, width]), [0, 2, 1])
+  count, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+  columns = tf.reshape(tf.transpose(image, [1, 0, 2, 3]), [height, -1])  # [H, N*W*C]
+  vertical = tf.matmul(_blur_matrix(height, kernel, padding), columns)
+  vertical = tf.transpose(tf.reshape(vertical, [height, count, width, channels]), [1, 0, 3, 2])
+  rows = tf.reshape(vertical, [-1, width])  # [N*H*C, W]
+  blurred = tf.matmul(rows, _blur_matrix(width, kernel, padding), transpose_b=True)
+  blurred = tf.transpose(tf.reshape(blurred, [count, height, channels, width]), [0, 1, 3, 2])
+  return blurred if batched else blurred[0]
+
+
+def _sigma(uniform: tf.Tensor, sigma_range: Sequence[float]) -> tf.Tensor:
+  return _uniform_to_range(uniform, sigma_range[0], sigma_range[1])
 
 
 def random_blur(image: tf.Tensor,
@@ -291,11 +391,12 @@ def random_blur(image: tf.Tensor,
                 *,
                 sigma_range: Sequence[float] = (0.1, 2.0),
                 kernel_size: Optional[int] = None,
+                padding: str = 'reflect',
                 seed: Seed = None) -> tf.Tensor:
   """With probability `p`, Gaussian blur with sigma ~ U(sigma_range) drawn for this image.
 
   The kernel defaults to `blur_kernel_size(height)` (about 10% of the height, as the
-  official code).
+  official code), the padding to reflection. Clipped to [0, 1].
   """
   image = _to_float(image)
   apply_seed, sigma_seed = _split_seed(seed, 2)
@@ -303,10 +404,46 @@ def random_blur(image: tf.Tensor,
     kernel_size = blur_kernel_size(tf.shape(image)[0])
 
   def blur(x: tf.Tensor) -> tf.Tensor:
-    sigma = tf.random.stateless_uniform([], sigma_seed, sigma_range[0], sigma_range[1])
-    return tf.clip_by_value(gaussian_blur(x, sigma, kernel_size), 0.0, 1.0)
+    sigma = _sigma(tf.random.stateless_uniform([], sigma_seed), sigma_range)
+    return tf.clip_by_value(gaussian_blur(x, sigma, kernel_size, padding), 0.0, 1.0)
 
   return random_apply(blur, p, image, seed=apply_seed)
+
+
+def blur_batch_with_draws(images: tf.Tensor, sigma: tf.Tensor, selected: tf.Tensor,
+                          *, kernel_size: Optional[int] = None,
+                          padding: str = 'zero') -> tf.Tensor:
+  """Blurs the images of a batch where `selected` with one `sigma`, then clips to [0, 1].
+
+  Deterministic core of `batch_random_blur` (official `batch_random_blur` given its
+  draws). images: [N, H, W, C]; selected: [N] bool.
+  """
+  images = tf.cast(images, tf.float32)
+  if kernel_size is None:
+    kernel_size = blur_kernel_size(tf.shape(images)[1])
+  blurred = gaussian_blur(images, sigma, kernel_size, padding)
+  selector = tf.cast(selected, tf.float32)[:, tf.newaxis, tf.newaxis, tf.newaxis]
+  return tf.clip_by_value(blurred * selector + images * (1.0 - selector), 0.0, 1.0)
+
+
+def batch_random_blur(images: tf.Tensor,
+                      p: float = 0.5,
+                      *,
+                      sigma_range: Sequence[float] = (0.1, 2.0),
+                      kernel_size: Optional[int] = None,
+                      padding: str = 'zero',
+                      seed: Seed = None) -> tf.Tensor:
+  """The official blur of one view of a batch: one sigma ~ U(sigma_range) for all images.
+
+  Each image [N, H, W, C] is blurred with probability `p`; the result is clipped to
+  [0, 1]. Defaults as google-research/simclr tf2 `batch_random_blur` (zero padding,
+  kernel `blur_kernel_size(H)`).
+  """
+  sigma_seed, select_seed = _split_seed(seed, 2)
+  sigma = _sigma(tf.random.stateless_uniform([], sigma_seed), sigma_range)
+  selected = tf.random.stateless_uniform(tf.shape(images)[:1], select_seed) < p
+  return blur_batch_with_draws(images, sigma, selected, kernel_size=kernel_size,
+                               padding=padding)
 
 
 def resize_if_needed(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
@@ -314,6 +451,77 @@ def resize_if_needed(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
   shape = tf.shape(image)
   same = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
   return tf.cond(same, lambda: image, lambda: _resize(image, height, width))
+
+
+TrainDraws = dict[str, tf.Tensor]
+
+
+def sample_train_draws(image_shape: tf.Tensor, height: int, width: int, *,
+                       crop_fallback: str = 'whole_image', seed: Seed = None) -> TrainDraws:
+  """All random draws of one training view (see `train_view_from_draws`).
+
+  Returns:
+    {'box': [4] int32 (offset_y, offset_x, crop_height, crop_width) from
+     `sample_crop_box` with the official arguments; 'flip_u', 'jitter_u', 'gray_u',
+     'blur_u', 'sigma_u': float32 U[0, 1) scalars; 'color_u': [4] U[0, 1) for the
+     jitter values; 'order': [4] int32 random permutation of the jitter steps}.
+  """
+  crop_seed, flip_seed, jitter_seed, gray_seed, blur_seed = _split_seed(seed, 5)
+  apply_seed, factor_seed, order_seed = _split_seed(jitter_seed, 3)
+  blur_apply_seed, sigma_seed = _split_seed(blur_seed, 2)
+  ratio = width / height
+  box = sample_crop_box(image_shape, aspect_ratio_range=(3. / 4. * ratio, 4. / 3. * ratio),
+                        crop_fallback=crop_fallback, seed=crop_seed)
+  uniform = tf.random.stateless_uniform
+  return {'box': tf.stack(box), 'flip_u': uniform([], flip_seed),
+          'jitter_u': uniform([], apply_seed), 'color_u': uniform([4], factor_seed),
+          'order': _random_order(order_seed), 'gray_u': uniform([], gray_seed),
+          'blur_u': uniform([], blur_apply_seed), 'sigma_u': uniform([], sigma_seed)}
+
+
+def train_view_from_draws(image: tf.Tensor,
+                          draws: TrainDraws,
+                          height: int,
+                          width: int,
+                          *,
+                          color_jitter_strength: float,
+                          use_blur: bool,
+                          crop: bool = True,
+                          flip: bool = True,
+                          color_distort: bool = True,
+                          impl: str = 'simclrv2',
+                          blur_padding: str = 'reflect') -> tf.Tensor:
+  """One training view from given draws: the deterministic core of `preprocess_for_train`.
+
+  In the official order and with its clipping: crop box + bicubic resize (not
+  clipped), flip if flip_u < 0.5; if colour distortion is on (and the strength > 0):
+  with jitter_u < 0.8 `adjust_color` (clips after each step), then grayscale if
+  gray_u < 0.2; clip to [0, 1]; then, if `use_blur`, blur with sigma U(0.1, 2) from
+  sigma_u if blur_u < 0.5, clipped again.
+  """
+  image = _to_float(image)
+  if crop:
+    box = tf.unstack(tf.cast(draws['box'], tf.int32))
+    image = crop_and_resize(image, box, height, width)
+  else:
+    image = resize_if_needed(image, height, width)
+  if flip:
+    image = _flip_if(image, draws['flip_u'] < 0.5)
+  if color_distort and color_jitter_strength > 0:
+    factors = jitter_factors(draws['color_u'], color_jitter_strength, impl)
+    image = tf.cond(draws['jitter_u'] < 0.8,
+                    lambda: adjust_color(image, factors, draws['order'], impl=impl),
+                    lambda: image)
+    image = tf.cond(draws['gray_u'] < 0.2, lambda: to_grayscale(image), lambda: image)
+  image = tf.clip_by_value(tf.reshape(image, [height, width, 3]), 0.0, 1.0)
+  if use_blur:
+    sigma = _sigma(draws['sigma_u'], (0.1, 2.0))
+    kernel_size = blur_kernel_size(height)
+    image = tf.cond(
+        draws['blur_u'] < 0.5,
+        lambda: tf.clip_by_value(gaussian_blur(image, sigma, kernel_size, blur_padding), 0.0, 1.0),
+        lambda: image)
+  return image
 
 
 def preprocess_for_train(image: tf.Tensor,
@@ -326,43 +534,38 @@ def preprocess_for_train(image: tf.Tensor,
                          flip: bool = True,
                          color_distort: bool = True,
                          impl: str = 'simclrv2',
+                         crop_fallback: str = 'whole_image',
                          seed: Seed = None) -> tf.Tensor:
   """One SimCLR training view: crop+resize, flip, colour jitter (p 0.8), grayscale (p 0.2), blur (p 0.5).
 
-  Blur runs only when `use_blur` and `height > SMALL_IMAGE_SIZE` (off for CIFAR-size
-  images, as the official recipe). Fine-tuning uses crop and flip only
-  (`color_distort=False, use_blur=False`).
+  As the official `preprocess_image` (plus, with `use_blur`, a per-image blur: sigma
+  drawn for this image, reflect padding; the official per-batch blur is
+  `batch_random_blur`, applied by the caller to batches instead). Colour jitter and
+  grayscale run only when `color_distort` and `color_jitter_strength > 0`.
+  Fine-tuning uses crop and flip only (`color_distort=False, use_blur=False`).
 
   Args:
     image: [H, W, 3] uint8, or float in [0, 1], any H and W.
     height: Output height.
     width: Output width.
     color_jitter_strength: s of the colour jitter.
-    use_blur: Whether to blur (see above).
+    use_blur: Per-image Gaussian blur (any image size; a 3-tap kernel at 32 px).
     crop: Random resized crop; if False the image is only resized.
     flip: Random horizontal flip.
     color_distort: Colour jitter and random grayscale.
     impl: 'simclrv2' (multiplicative brightness) or 'simclrv1' (additive).
+    crop_fallback: See `sample_crop_box`.
     seed: Optional [2] stateless seed.
 
   Returns:
     float32 [height, width, 3] in [0, 1].
   """
   image = _to_float(image)
-  crop_seed, flip_seed, jitter_seed, gray_seed, blur_seed = _split_seed(seed, 5)
-  if crop:
-    image = random_resized_crop(image, height, width, seed=crop_seed)
-  else:
-    image = resize_if_needed(image, height, width)
-  if flip:
-    image = random_flip(image, seed=flip_seed)
-  if color_distort:
-    image = color_jitter(image, color_jitter_strength, impl=impl, seed=jitter_seed)
-    image = random_grayscale(image, seed=gray_seed)
-  if use_blur and height > SMALL_IMAGE_SIZE:
-    image = random_blur(image, seed=blur_seed)
-  image = tf.reshape(image, [height, width, 3])
-  return tf.clip_by_value(image, 0.0, 1.0)
+  draws = sample_train_draws(tf.shape(image), height, width, crop_fallback=crop_fallback,
+                             seed=seed)
+  return train_view_from_draws(image, draws, height, width,
+                               color_jitter_strength=color_jitter_strength, use_blur=use_blur,
+                               crop=crop, flip=flip, color_distort=color_distort, impl=impl)
 
 
 def eval_center_crop(image_size: int) -> bool:

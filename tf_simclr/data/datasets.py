@@ -488,6 +488,8 @@ def build_input_fn(data_config: DataConfig,
    'label': float32 [b, num_classes] one-hot, 'mask': float32 [b] (1 real, 0 padding)}.
   Training: shuffled (seedable), repeated forever, last partial batch dropped;
   pretraining views get the full SimCLR augmentation, fine-tuning crop and flip only.
+  Pretraining blur (`use_blur`): per image (`blur_impl='per_image'`), or as the
+  official code (`'per_batch'`): one sigma per view of each per-replica batch.
   Eval: one pass, center crop (none at <= 32 px), every example exactly once; each
   pipeline pads with mask-0 examples to ceil(N / global_batch_size) global steps, so
   all replicas get the same number of equal batches.
@@ -512,6 +514,8 @@ def build_input_fn(data_config: DataConfig,
   num_classes = source.num_classes
   size = data_config.image_size
   pretrain = is_training and train_mode == 'pretrain'
+  blur_per_image = data_config.use_blur and pretrain and data_config.blur_impl == 'per_image'
+  blur_per_batch = data_config.use_blur and pretrain and data_config.blur_impl == 'per_batch'
 
   def one_hot(label: tf.Tensor) -> tf.Tensor:
     return tf.one_hot(label, num_classes, dtype=tf.float32)
@@ -520,9 +524,10 @@ def build_input_fn(data_config: DataConfig,
     return augment.preprocess_for_train(
         image, size, size,
         color_jitter_strength=data_config.color_jitter_strength,
-        use_blur=data_config.use_blur and pretrain,
+        use_blur=blur_per_image,
         color_distort=pretrain,
         impl=data_config.color_jitter_impl,
+        crop_fallback=data_config.crop_fallback,
         seed=view_seed)
 
   def train_map(example, example_seed):
@@ -534,8 +539,12 @@ def build_input_fn(data_config: DataConfig,
       views = train_view(image, example_seed)
     return {'image': views, 'label': one_hot(label), 'mask': tf.constant(1.0)}
 
-  def stack_views(batch):
+  def stack_views(batch, batch_seed=None):
     view_1, view_2 = batch['image']
+    if batch_seed is not None:  # The official blur: one sigma per view of the batch.
+      seed_1, seed_2 = tf.unstack(tf.random.experimental.stateless_split(batch_seed, 2))
+      view_1 = augment.batch_random_blur(view_1, seed=seed_1)
+      view_2 = augment.batch_random_blur(view_2, seed=seed_2)
     return dict(batch, image=tf.concat([view_1, view_2], axis=0))  # [2b, S, S, 3]
 
   eval_crop = augment.eval_center_crop(size)
@@ -563,7 +572,10 @@ def build_input_fn(data_config: DataConfig,
       dataset = tf.data.Dataset.zip(dataset, example_seeds)
       dataset = dataset.map(train_map, num_parallel_calls=tf.data.AUTOTUNE)
       dataset = dataset.batch(batch_size, drop_remainder=True)
-      if pretrain:
+      if blur_per_batch:
+        batch_seeds = tf.data.Dataset.random(seed=_derive_seed(seed, pipeline_id, 3)).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, batch_seeds).map(stack_views)
+      elif pretrain:
         dataset = dataset.map(stack_views)
       options.deterministic = seed is not None
       # No experimental_slack: it only helps TPU hosts, and a restored iterator
