@@ -248,7 +248,9 @@ def adjust_color(image: tf.Tensor, factors: tf.Tensor, order: Sequence[int] | tf
 
 
 def _uniform_to_range(uniform: tf.Tensor, low: float, high: float) -> tf.Tensor:
-  """low + u * (high - low) in float32, as tf.random.uniform maps its raw draw."""
+  """low + u * (high - low) in float32, as tf.random.uniform maps its raw draw u."""
+  low = tf.constant(low, tf.float32)
+  high = tf.constant(high, tf.float32)
   return tf.cast(uniform, tf.float32) * (high - low) + low
 
 
@@ -382,7 +384,8 @@ def gaussian_blur(image: tf.Tensor, sigma: float | tf.Tensor,
   return blurred if batched else blurred[0]
 
 
-def _sigma(uniform: tf.Tensor, sigma_range: Sequence[float]) -> tf.Tensor:
+def blur_sigma(uniform: tf.Tensor, sigma_range: Sequence[float] = (0.1, 2.0)) -> tf.Tensor:
+  """Blur sigma from a U[0, 1) draw: uniform in `sigma_range`, as the official code."""
   return _uniform_to_range(uniform, sigma_range[0], sigma_range[1])
 
 
@@ -404,7 +407,7 @@ def random_blur(image: tf.Tensor,
     kernel_size = blur_kernel_size(tf.shape(image)[0])
 
   def blur(x: tf.Tensor) -> tf.Tensor:
-    sigma = _sigma(tf.random.stateless_uniform([], sigma_seed), sigma_range)
+    sigma = blur_sigma(tf.random.stateless_uniform([], sigma_seed), sigma_range)
     return tf.clip_by_value(gaussian_blur(x, sigma, kernel_size, padding), 0.0, 1.0)
 
   return random_apply(blur, p, image, seed=apply_seed)
@@ -440,7 +443,7 @@ def batch_random_blur(images: tf.Tensor,
   kernel `blur_kernel_size(H)`).
   """
   sigma_seed, select_seed = _split_seed(seed, 2)
-  sigma = _sigma(tf.random.stateless_uniform([], sigma_seed), sigma_range)
+  sigma = blur_sigma(tf.random.stateless_uniform([], sigma_seed), sigma_range)
   selected = tf.random.stateless_uniform(tf.shape(images)[:1], select_seed) < p
   return blur_batch_with_draws(images, sigma, selected, kernel_size=kernel_size,
                                padding=padding)
@@ -515,7 +518,7 @@ def train_view_from_draws(image: tf.Tensor,
     image = tf.cond(draws['gray_u'] < 0.2, lambda: to_grayscale(image), lambda: image)
   image = tf.clip_by_value(tf.reshape(image, [height, width, 3]), 0.0, 1.0)
   if use_blur:
-    sigma = _sigma(draws['sigma_u'], (0.1, 2.0))
+    sigma = blur_sigma(draws['sigma_u'], (0.1, 2.0))
     kernel_size = blur_kernel_size(height)
     image = tf.cond(
         draws['blur_u'] < 0.5,
