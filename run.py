@@ -71,6 +71,8 @@ def main(argv: list[str]) -> None:
   from tf_simclr import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 
+  from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
+
   mode = config.train.mode
   model_dir = config.train.model_dir
   files_before = set(os.listdir(model_dir)) if os.path.isdir(model_dir) else set()
@@ -80,10 +82,22 @@ def main(argv: list[str]) -> None:
   flagfile_before = open(flagfile_path).read() if os.path.isfile(flagfile_path) else None
   checkpoint_before = checkpoints.latest_complete_checkpoint(model_dir)
   try:
+    official_source = None
+    if config.train.checkpoint:
+      # A published google-research/simclr model: its architecture replaces the
+      # structure flags the user did not set (one that contradicts it is an error).
+      official_source = official_import.find_source(config.train.checkpoint)
+    if official_source is not None:
+      architecture = official_import.read_architecture(official_source)
+      if checkpoints.is_chief(strategy):
+        print(f'--checkpoint={config.train.checkpoint}: official SimCLR tf2 '
+              f'{official_source.kind.replace("_", " ")}: {architecture.describe()}', flush=True)
+      config = official_import.config_for_architecture(
+          config, architecture, simclr_flags.explicit_flag_names(), config.train.checkpoint)
     data_sizes = train_lib.dataset_info(config)
     if mode in ('train', 'train_then_eval'):
       # Check the inputs before the first file goes to model_dir.
-      if config.train.checkpoint:
+      if config.train.checkpoint and official_source is None:
         checkpoints.check_compatible(checkpoints.resolve_checkpoint(config.train.checkpoint),
                                      config)
       if config.train.train_mode == 'distill':
@@ -91,14 +105,19 @@ def main(argv: list[str]) -> None:
         distill.check_inputs(config, data_sizes.num_classes)
       if checkpoint_before:  # Before flags.json is replaced: it describes that checkpoint.
         checkpoints.check_compatible(checkpoint_before, config)
+      # The files describe the model built: for an official --checkpoint, its structure.
+      model_override = config.model if official_source else None
       if checkpoints.is_chief(strategy):
         checkpoints.write_json_atomic(os.path.join(model_dir, 'flags.json'),
-                                      simclr_flags.flags_to_json())
+                                      simclr_flags.flags_to_json(model_config=model_override))
         # A flagfile that repeats this run: python run.py --flagfile=MODEL_DIR/flags.txt
-        checkpoints.write_text_atomic(flagfile_path, simclr_flags.flags_to_flagfile())
+        checkpoints.write_text_atomic(
+            flagfile_path, simclr_flags.flags_to_flagfile(model_config=model_override))
       train_lib.train(config, strategy, data_sizes=data_sizes)
     if mode == 'train_then_eval':
       evaluate_lib.evaluate(config, strategy, data_sizes=data_sizes)
+    elif mode == 'eval' and official_source is not None:
+      evaluate_lib.evaluate(config, strategy, config.train.checkpoint, data_sizes=data_sizes)
     elif mode == 'eval':
       evaluate_lib.evaluate_continuously(config, strategy, data_sizes=data_sizes)
   except (ValueError, FileNotFoundError) as error:

@@ -11,7 +11,7 @@ only code that reads flag values: the library takes the `Config` built by
 import dataclasses
 import json
 import os
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from absl import flags as absl_flags
 
@@ -90,9 +90,24 @@ def flag_values_dict(flag_values: absl_flags.FlagValues = absl_flags.FLAGS
   return {name: flag_values[name].value for name in all_flag_names()}
 
 
-def flags_to_json(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> str:
-  """JSON text of all our flags, for `model_dir/flags.json`."""
-  return json.dumps(flag_values_dict(flag_values), indent=2, sort_keys=True)
+def flags_to_json(flag_values: absl_flags.FlagValues = absl_flags.FLAGS,
+                  model_config: Optional[config_lib.ModelConfig] = None) -> str:
+  """JSON text of all our flags, for `model_dir/flags.json`.
+
+  `model_config` overrides the model-structure values (e.g. the architecture read from
+  an official --checkpoint), so the file describes the model that was built.
+  """
+  values = flag_values_dict(flag_values)
+  if model_config is not None:
+    values.update({field.name: getattr(model_config, field.name)
+                   for field in dataclasses.fields(model_config)})
+  return json.dumps(values, indent=2, sort_keys=True)
+
+
+def explicit_flag_names(flag_values: absl_flags.FlagValues = absl_flags.FLAGS
+                        ) -> frozenset[str]:
+  """Our flags given on the command line (as opposed to left at their defaults)."""
+  return frozenset(name for name in all_flag_names() if flag_values[name].present)
 
 
 FLAGFILE_HEADER = (
@@ -101,15 +116,23 @@ FLAGFILE_HEADER = (
     '# Flags given after --flagfile override these.\n')
 
 
-def flags_to_flagfile(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> str:
+def flags_to_flagfile(flag_values: absl_flags.FlagValues = absl_flags.FLAGS,
+                      model_config: Optional[config_lib.ModelConfig] = None) -> str:
   """Text of an absl flagfile that repeats the run: `--name=value` for all our flags.
 
   Every flag is written, not only those given, so the file means the same run if a
   default changes later; a flag whose value is None (unset optional flags such as
-  --data_dir or --cifar_stem) is left out, which keeps it None.
+  --data_dir or --cifar_stem) is left out, which keeps it None. `model_config`
+  overrides the model-structure values, as in `flags_to_json`.
   """
-  lines = [flag_values[name].serialize() for name in all_flag_names()
-           if flag_values[name].value is not None]
+  overrides = {} if model_config is None else {
+      field.name: getattr(model_config, field.name) for field in dataclasses.fields(model_config)}
+  lines = []
+  for name in all_flag_names():
+    flag = flag_values[name]
+    value = overrides.get(name, flag.value)
+    if value is not None:
+      lines.append(flag._serialize(value) if name in overrides else flag.serialize())  # pylint: disable=protected-access
   return FLAGFILE_HEADER + '\n'.join(lines) + '\n'
 
 

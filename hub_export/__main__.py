@@ -2,6 +2,11 @@
 
     python -m hub_export --model_dir=/runs/cifar --export_dir=/exports/cifar_r18
         [--checkpoint=latest|PATH] [--overwrite] [--weight_decay=X]
+    python -m hub_export --checkpoint=gs://simclr-checkpoints-tf2/simclrv2/pretrained/r50_1x_sk0/saved_model/ \
+        --export_dir=/exports/r50_1x_sk0
+
+A published google-research/simclr tf2 model (object checkpoint or SavedModel) needs
+no --model_dir: its architecture is read from the checkpoint.
 
 Reads `model_dir/flags.json` to rebuild the model, restores its weights from the
 newest checkpoint in `model_dir` (or `--checkpoint`: a checkpoint prefix such as
@@ -14,7 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -23,8 +28,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m hub_export',
       description='Export a tf_simclr run as a TF Hub reusable SavedModel.')
-  parser.add_argument('--model_dir', required=True,
-                      help='The run directory (holds flags.json and ckpt-* files).')
+  parser.add_argument('--model_dir', default=None,
+                      help='The run directory (holds flags.json and ckpt-* files); not '
+                      'needed with --checkpoint=<official google-research/simclr model>.')
   parser.add_argument('--export_dir', required=True, help='The SavedModel directory to write.')
   parser.add_argument('--checkpoint', default='latest',
                       help='"latest" (the newest checkpoint in --model_dir), a checkpoint '
@@ -47,7 +53,7 @@ def _num_classes(checkpoint_path: str) -> Optional[int]:
   return None
 
 
-def export_run(model_dir: str,
+def export_run(model_dir: Optional[str],
                export_dir: str,
                *,
                checkpoint: str = 'latest',
@@ -69,6 +75,16 @@ def export_run(model_dir: str,
   from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
   from tf_simclr.models import build_model  # pylint: disable=g-import-not-at-top
 
+  from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
+
+  if checkpoint != 'latest':
+    source = official_import.find_source(checkpoint)
+    if source is not None:
+      return export_official(source, export_dir, overwrite=overwrite,
+                             weight_decay=weight_decay)
+  if not model_dir:
+    raise ValueError('--model_dir is required (the training run to export), unless '
+                     '--checkpoint is an official google-research/simclr model.')
   if not tf.io.gfile.isdir(model_dir):
     raise FileNotFoundError(f'--model_dir={model_dir} does not exist; pass the directory '
                             'of a training run.')
@@ -90,6 +106,41 @@ def export_run(model_dir: str,
   hub_export.export_encoder(model, export_dir, image_size=config.data.image_size,
                             overwrite=overwrite, weight_decay=weight_decay)
   return export_dir, checkpoint_path
+
+
+def export_official(source: Any, export_dir: str, *, overwrite: bool = False,
+                    weight_decay: Optional[float] = None) -> tuple[str, str]:
+  """Exports a published google-research/simclr model (`official_import.find_source`).
+
+  The architecture comes from the checkpoint; the export takes the images the
+  model was trained on (image_size 32 for a CIFAR stem, else 224, recorded only).
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  import hub_export  # pylint: disable=g-import-not-at-top
+  from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
+  from tf_simclr.models import build_model  # pylint: disable=g-import-not-at-top
+
+  if tf.io.gfile.exists(export_dir) and not overwrite:
+    raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '
+                          'to replace it or choose another directory.')
+  architecture = official_import.read_architecture(source)
+  print(f'--checkpoint={source.path}: official SimCLR tf2 '
+        f'{source.kind.replace("_", " ")}: {architecture.describe()}', flush=True)
+  image_size = 32 if architecture.cifar_stem else 224
+  config = config_lib.replace(
+      config_lib.Config(), data={'image_size': image_size},
+      train={'lineareval_while_pretraining': architecture.num_classes is not None})
+  config = official_import.config_for_architecture(config, architecture,
+                                                   source_path=source.path)
+  model = build_model(config, architecture.num_classes)
+  official_import.load_weights(model, source)
+  if weight_decay is None:
+    weight_decay = config.optim.weight_decay
+  hub_export.export_encoder(model, export_dir, image_size=image_size, overwrite=overwrite,
+                            weight_decay=weight_decay)
+  return export_dir, source.path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -24,6 +24,7 @@ from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
+from tf_simclr import official_import
 from tf_simclr import optim
 from tf_simclr import train as train_lib
 
@@ -76,6 +77,12 @@ def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
   """
   train_config = config.train
   config_lib.validate(config, strategy.num_replicas_in_sync)
+  official_source = (official_import.find_source(checkpoint_path) if checkpoint_path
+                     else None)
+  if official_source is not None:
+    return _evaluate_official(config, strategy, official_source, input_fn=input_fn,
+                              data_sizes=data_sizes, write_results=write_results,
+                              verbose=verbose)
   checkpoint_path = checkpoints.resolve_checkpoint(
       checkpoint_path or train_config.model_dir,
       '--checkpoint' if checkpoint_path else '--model_dir')
@@ -92,6 +99,38 @@ def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
     model = train_lib.build_model_for(eval_config, sizes.num_classes)
   checkpoints.restore_or_explain(tf.train.Checkpoint(model=model), checkpoint_path)
   global_step = checkpoints.checkpoint_step(checkpoint_path)
+  return _evaluate_model(config, strategy, model, has_head, checkpoint_path, global_step,
+                         sizes, input_fn=input_fn, write_results=write_results,
+                         verbose=verbose)
+
+
+def _evaluate_official(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                       source: official_import.OfficialSource, *,
+                       input_fn: Optional[InputFn], data_sizes: Optional[Any],
+                       write_results: bool, verbose: bool) -> dict[str, Any]:
+  """Evaluates a published google-research/simclr model as it is (its logits_sup head)."""
+  architecture = official_import.read_architecture(source)
+  config = official_import.config_for_architecture(config, architecture, explicit=None,
+                                                   source_path=source.path)
+  sizes = data_sizes or train_lib.dataset_info(config)
+  official_import.check_supervised_head(architecture, config, sizes.num_classes, source.path)
+  eval_config = config_lib.replace(config, train={'lineareval_while_pretraining': True,
+                                                  'train_mode': 'pretrain',
+                                                  'fine_tune_after_block': -1})
+  with strategy.scope():
+    model = train_lib.build_model_for(eval_config, architecture.num_classes)
+  official_import.load_weights(model, source)
+  return _evaluate_model(config, strategy, model, True, source.path,
+                         official_import.checkpoint_step(source), sizes, input_fn=input_fn,
+                         write_results=write_results, verbose=verbose)
+
+
+def _evaluate_model(config: config_lib.Config, strategy: tf.distribute.Strategy, model: Any,
+                    has_head: bool, checkpoint_path: str, global_step: int, sizes: Any, *,
+                    input_fn: Optional[InputFn], write_results: bool,
+                    verbose: bool) -> dict[str, Any]:
+  """Runs the eval split through `model`; see `evaluate`."""
+  train_config = config.train
   regularization_loss = float(optim.weight_decay_loss(model, config.optim))
 
   if has_head:

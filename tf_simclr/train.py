@@ -35,6 +35,7 @@ from tf_simclr import config as config_lib
 from tf_simclr import grad_cache
 from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
+from tf_simclr import official_import
 from tf_simclr import optim
 from tf_simclr import progress as progress_lib
 from tf_simclr.models import SimCLRModel, build_model
@@ -399,9 +400,16 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   checkpoint_steps = optim.checkpoint_interval_steps(train_config, sizes.num_train_examples)
   loop_steps = steps_per_loop(train_config, checkpoint_steps)
   input_fn = input_fn or train_input_fn(config)
-  pretrained_path = None
+  pretrained_path = official_source = official_architecture = None
   if train_config.checkpoint:
-    pretrained_path = checkpoints.resolve_checkpoint(train_config.checkpoint)
+    # A published google-research/simclr model (checkpoint or SavedModel), or ours.
+    official_source = official_import.find_source(train_config.checkpoint)
+    if official_source is None:
+      pretrained_path = checkpoints.resolve_checkpoint(train_config.checkpoint)
+    else:
+      official_architecture = official_import.read_architecture(official_source)
+      official_import.config_for_architecture(config, official_architecture, explicit=None,
+                                              source_path=train_config.checkpoint)
   keras.utils.set_random_seed(train_config.seed)
   keep_nan_propagation()
   if train_config.deterministic:
@@ -443,6 +451,11 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
     restore_pretrained(model, pretrained_path, config)
     if verbose and chief:
       print(f'Starting from the weights of {pretrained_path}.', flush=True)
+  elif official_source is not None:
+    note = official_import.load_for_training(model, official_source, official_architecture,
+                                             train_config.zero_init_logits_layer)
+    if verbose and chief:
+      print(f'Starting from the official model: {note}.', flush=True)
   step = int(optimizer.iterations.numpy())
 
   # 4. The step function and the multi-step loop.

@@ -1,0 +1,177 @@
+"""Importing google-research/simclr tf2 checkpoints and SavedModels (tf_simclr.official_import).
+
+The official models are written by the official code itself (../shared/official-simclr-tf2,
+unmodified, run in a subprocess by tests/official_model_writer.py) with random weights
+and random BN moving statistics; its SavedModel's outputs on fixed inputs are the
+reference. Skipped when that folder is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_simclr import config as config_lib
+from tf_simclr import official_import
+from tf_simclr.models import build_model
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+OFFICIAL_DIR = REPO_ROOT.parent / 'shared' / 'official-simclr-tf2'
+WRITER = REPO_ROOT / 'tests' / 'official_model_writer.py'
+ENDPOINTS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2',
+             'block_group3', 'block_group4', 'final_avg_pool', 'proj_head_output',
+             'logits_sup')
+RTOL = 1e-4
+
+pytestmark = pytest.mark.skipif(not (OFFICIAL_DIR / 'run.py').is_file(),
+                                reason=f'official SimCLR tf2 code not found at {OFFICIAL_DIR}')
+
+
+def _env() -> dict[str, str]:
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO_ROOT))
+  env.pop('TF_CONFIG', None)
+  return env
+
+
+def write_official(out_dir: pathlib.Path, *official_flags: str, image_size: int = 16,
+                   num_classes: int = 10, saved_model: bool = True) -> pathlib.Path:
+  """Runs the official code (subprocess) to write a checkpoint, SavedModel, reference."""
+  command = [sys.executable, str(WRITER), f'--official_dir={OFFICIAL_DIR}',
+             f'--out_dir={out_dir}', f'--num_classes={num_classes}',
+             f'--image_size={image_size}']
+  if not saved_model:
+    command.append('--no_saved_model')
+  result = subprocess.run([*command, '--', *official_flags], env=dict(
+      _env(), TF_USE_LEGACY_KERAS='1'), capture_output=True, text=True, timeout=1800)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return out_dir
+
+
+def imported_outputs(path: str) -> tuple[official_import.OfficialArchitecture,
+                                         dict[str, np.ndarray]]:
+  """Our model with the official weights at `path`, run on the reference inputs."""
+  source = official_import.find_source(path)
+  assert source is not None
+  architecture = official_import.read_architecture(source)
+  config = official_import.config_for_architecture(config_lib.Config(), architecture)
+  model = build_model(config, architecture.num_classes)
+  official_import.load_weights(model, source)
+  reference = np.load(os.path.join(_run_dir(path), 'reference.npz'))
+  outputs = model(tf.constant(reference['inputs']), training=False)
+  return architecture, {name: np.asarray(outputs[name]) for name in ENDPOINTS}
+
+
+def _run_dir(path: str) -> str:
+  path = path.rstrip('/')
+  while not os.path.exists(os.path.join(path, 'reference.npz')):
+    path = os.path.dirname(path)
+  return path
+
+
+def assert_matches_official(run_dir: pathlib.Path, outputs: dict[str, np.ndarray]) -> None:
+  reference = np.load(run_dir / 'reference.npz')
+  for name in ENDPOINTS:
+    expected = reference[name]
+    assert outputs[name].shape == expected.shape, name
+    error = np.max(np.abs(outputs[name] - expected)) / np.max(np.abs(expected))
+    assert error < RTOL, f'{name}: relative error {error:.3g}'
+
+
+@pytest.fixture(scope='module')
+def official_r18(tmp_path_factory) -> pathlib.Path:
+  """ResNet-18, CIFAR stem (16 px), 3-layer projection head, 10 classes: ~20 s idle."""
+  return write_official(tmp_path_factory.mktemp('official_r18'), '--resnet_depth=18',
+                        '--proj_out_dim=32')
+
+
+@pytest.mark.parametrize('form', ['checkpoint', 'checkpoint_dir', 'saved_model',
+                                  'saved_model_step'])
+def test_r18_cifar_import_matches_official(official_r18, form):
+  path = {'checkpoint': official_r18 / 'ckpt-1', 'checkpoint_dir': official_r18,
+          'saved_model': official_r18 / 'saved_model',
+          'saved_model_step': official_r18 / 'saved_model' / '1'}[form]
+  architecture, outputs = imported_outputs(str(path))
+  assert (architecture.resnet_depth, architecture.width_multiplier, architecture.cifar_stem,
+          architecture.sk_ratio, architecture.se_ratio, architecture.num_proj_layers,
+          architecture.proj_out_dim, architecture.num_classes) == (18, 1, True, 0, 0, 3, 32, 10)
+  assert architecture.describe() == (
+      'ResNet-18 1x, sk_ratio 0, se_ratio 0, CIFAR stem, projection head 3 layers -> 32, '
+      'supervised head 10 classes')
+  assert_matches_official(official_r18, outputs)
+
+
+def test_flag_contradicting_the_checkpoint_is_named(official_r18):
+  source = official_import.find_source(str(official_r18 / 'ckpt-1'))
+  architecture = official_import.read_architecture(source)
+  config = config_lib.replace(config_lib.Config(), model={'resnet_depth': 50})
+  # Not set by the user: the checkpoint decides.
+  assert official_import.config_for_architecture(config, architecture).model.resnet_depth == 18
+  with pytest.raises(ValueError, match=r'--resnet_depth=50 contradicts .* has resnet_depth 18'):
+    official_import.config_for_architecture(config, architecture, explicit={'resnet_depth'})
+  config = config_lib.replace(config_lib.Config(), model={'sk_ratio': 0.0625})
+  with pytest.raises(ValueError, match=r'--sk_ratio=0.0625 contradicts .* sk_ratio 0'):
+    official_import.config_for_architecture(config, architecture, explicit={'sk_ratio'})
+
+
+def test_model_of_another_architecture_is_refused(official_r18):
+  source = official_import.find_source(str(official_r18))
+  config = config_lib.replace(config_lib.Config(), model={'resnet_depth': 34, 'cifar_stem': True,
+                                                          'proj_out_dim': 32})
+  model = build_model(config, 10)
+  before = [variable.numpy() for variable in model.encoder.weights[:3]]
+  with pytest.raises(ValueError, match=r'does not fit the model .*block_group1 has 2 official '
+                     r'blocks and 3 of ours'):
+    official_import.load_weights(model, source)
+  for old, variable in zip(before, model.encoder.weights[:3]):
+    np.testing.assert_array_equal(old, variable.numpy())  # Checked before any copy.
+
+
+def _hub_export_main(*argv: str) -> tuple[int, str]:
+  result = subprocess.run([sys.executable, '-m', 'hub_export', *argv], cwd=REPO_ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=600)
+  return result.returncode, result.stderr
+
+
+def test_bad_checkpoints_are_one_line_errors(official_r18, tmp_path):
+  # Truncated data file: readable index, data cut short.
+  truncated = tmp_path / 'truncated'
+  shutil.copytree(official_r18, truncated, ignore=shutil.ignore_patterns('saved_model'))
+  data_file = next(truncated.glob('ckpt-1.data-*'))
+  data_file.write_bytes(data_file.read_bytes()[:data_file.stat().st_size // 2])
+  with pytest.raises(ValueError, match='truncated'):
+    imported_outputs(str(truncated / 'ckpt-1'))
+  # Garbage index.
+  garbage = tmp_path / 'garbage'
+  garbage.mkdir()
+  (garbage / 'ckpt-1.index').write_bytes(b'not a checkpoint' * 10)
+  with pytest.raises(ValueError, match='cannot be read as a checkpoint'):
+    official_import.find_source(str(garbage / 'ckpt-1'))
+  # A TF1 (name-based) checkpoint of the original code.
+  tf1_dir = tmp_path / 'tf1'
+  with tf.Graph().as_default():
+    tf.compat.v1.get_variable('base_model/conv2d/kernel', [3, 3, 3, 8])
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session() as session:
+      session.run(tf.compat.v1.global_variables_initializer())
+      saver.save(session, str(tf1_dir / 'model.ckpt'), global_step=100)
+  with pytest.raises(ValueError, match='is a TF1 checkpoint .* not supported'):
+    official_import.find_source(str(tf1_dir))
+  # Neither official nor ours.
+  other = tf.train.Checkpoint(weights=tf.Variable(tf.ones([3])))
+  other_prefix = other.save(str(tmp_path / 'other' / 'ckpt'))
+  with pytest.raises(ValueError, match='neither an official SimCLR tf2 model'):
+    official_import.find_source(other_prefix)
+  # The hub_export CLI: one line, exit 2, nothing written.
+  export_dir = tmp_path / 'export'
+  code, stderr = _hub_export_main(f'--checkpoint={truncated / "ckpt-1"}',
+                                  f'--export_dir={export_dir}')
+  lines = [line for line in stderr.splitlines() if line.startswith('error:')]
+  assert code == 2 and len(lines) == 1 and 'truncated' in lines[0], stderr[-2000:]
+  assert not export_dir.exists() and not list(tmp_path.glob('.export*'))
