@@ -175,3 +175,114 @@ def test_bad_checkpoints_are_one_line_errors(official_r18, tmp_path):
   lines = [line for line in stderr.splitlines() if line.startswith('error:')]
   assert code == 2 and len(lines) == 1 and 'truncated' in lines[0], stderr[-2000:]
   assert not export_dir.exists() and not list(tmp_path.glob('.export*'))
+
+
+# --- Slow: ResNet-50 variants (each written by the official code in ~2-4 min idle). ---
+
+SLOW_CONFIGS = {
+    'r50_1x': ('--resnet_depth=50',),
+    'r50_1x_sk_1000_classes': ('--resnet_depth=50', '--sk_ratio=0.0625'),
+    'r50_1x_se': ('--resnet_depth=50', '--se_ratio=0.25'),
+}
+
+
+@pytest.fixture(scope='module')
+def official_r50(tmp_path_factory):
+  """{config name: directory}, each written on first use (48 px, ImageNet stem)."""
+  written = {}
+
+  def get(name: str) -> pathlib.Path:
+    if name not in written:
+      written[name] = write_official(
+          tmp_path_factory.mktemp(name), *SLOW_CONFIGS[name], image_size=48,
+          num_classes=1000 if 'sk' in name else 10)
+    return written[name]
+
+  return get
+
+
+@pytest.mark.slow  # ~3-5 min idle per config (the official SavedModel export dominates).
+@pytest.mark.parametrize('name', list(SLOW_CONFIGS))
+def test_r50_variants_match_official(official_r50, name):
+  run_dir = official_r50(name)
+  for path in (run_dir / 'ckpt-1', run_dir / 'saved_model'):
+    architecture, outputs = imported_outputs(str(path))
+    assert architecture.resnet_depth == 50 and not architecture.cifar_stem
+    assert architecture.sk_ratio == (0.0625 if 'sk' in name else 0.0)
+    assert architecture.se_ratio == (0.25 if 'se' in name else 0.0)
+    assert architecture.num_classes == (1000 if 'sk' in name else 10)
+    assert_matches_official(run_dir, outputs)
+
+
+def _run_py(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, str(REPO_ROOT / 'run.py'), *args], cwd=REPO_ROOT,
+                        env=_env(), capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.slow  # ~3 min idle: four CLI runs and one tf_keras consumer process.
+def test_finetune_eval_and_hub_export_of_an_official_model(official_r18, cifar10_dir,
+                                                            tmp_path):
+  data = ['--dataset=image_folder', f'--data_dir={cifar10_dir}', '--image_size=16',
+          '--train_split=train[:64]', '--eval_split=test[:32]', '--train_batch_size=16',
+          '--eval_batch_size=16']
+  # Fine-tune from the SavedModel, with the official fine-tuning flags.
+  model_dir = tmp_path / 'finetune'
+  result = _run_py(*data, '--train_mode=finetune', f'--checkpoint={official_r18}/saved_model',
+                   '--zero_init_logits_layer', '--fine_tune_after_block=2',
+                   '--ft_proj_selector=1', '--train_steps=2', '--checkpoint_steps=2',
+                   '--export_hub_module=never', f'--model_dir={model_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'official SimCLR tf2 saved model: ResNet-18 1x' in result.stdout
+  assert 'supervised head zeroed (--zero_init_logits_layer)' in result.stdout
+  assert (model_dir / 'ckpt-2.index').exists()
+  import json  # pylint: disable=g-import-not-at-top
+  written = json.loads((model_dir / 'flags.json').read_text())
+  assert (written['resnet_depth'], written['cifar_stem'], written['proj_out_dim']) == (18, True, 32)
+  # The frozen stem kept the official weights; block_group4 trained.
+  reader = tf.train.load_checkpoint(str(model_dir / 'ckpt-2'))
+  official = tf.train.load_checkpoint(str(official_r18 / 'ckpt-1'))
+  stem_key = 'model/resnet_model/initial_conv_relu_max_pool/0/conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE'
+  ours_stem = [key for key in reader.get_variable_to_shape_map()
+               if 'stem_conv2d' in key and key.endswith('kernel/.ATTRIBUTES/VARIABLE_VALUE')]
+  assert ours_stem, sorted(reader.get_variable_to_shape_map())[:20]
+  np.testing.assert_array_equal(reader.get_tensor(ours_stem[0]), official.get_tensor(stem_key))
+
+  # Evaluate the official model as it is (its own 10-class head).
+  eval_dir = tmp_path / 'eval'
+  result = _run_py(*data, '--mode=eval', f'--checkpoint={official_r18}/ckpt-1',
+                   f'--model_dir={eval_dir}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  scores = json.loads((eval_dir / 'result.json').read_text())
+  assert scores['num_examples'] == 32 and 0 <= scores['eval/label_top_1_accuracy'] <= 1
+
+  # A flag against the checkpoint: one line, exit 2, nothing written.
+  bad_dir = tmp_path / 'bad'
+  result = _run_py(*data, '--train_mode=finetune', f'--checkpoint={official_r18}',
+                   '--resnet_depth=50', '--train_steps=1', f'--model_dir={bad_dir}')
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+  assert '--resnet_depth=50 contradicts' in errors[0] and 'resnet_depth 18' in errors[0]
+  assert not bad_dir.exists()
+
+  # Our hub export of it, consumed by hub.KerasLayer (tf_keras) and fine-tuned there.
+  export_dir = tmp_path / 'export'
+  result = subprocess.run([sys.executable, '-m', 'hub_export', f'--checkpoint={official_r18}',
+                           f'--export_dir={export_dir}'], cwd=REPO_ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=1200)
+  assert result.returncode == 0, result.stderr[-3000:]
+  reference = np.load(official_r18 / 'reference.npz')
+  inputs = tmp_path / 'inputs.npz'
+  np.savez(inputs, images=reference['inputs'], labels=np.arange(len(reference['inputs'])) % 2)
+  output = tmp_path / 'consumer.npz'
+  result = subprocess.run([sys.executable, str(REPO_ROOT / 'tests' / 'hub_consumers' /
+                                               'hub_keras_consumer.py'),
+                           f'--export_dir={export_dir}', f'--inputs={inputs}',
+                           f'--output={output}', '--finetune_steps=2'],
+                          cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=1200)
+  assert result.returncode == 0, result.stderr[-3000:]
+  consumed = np.load(output)
+  expected = reference['final_avg_pool']
+  error = np.max(np.abs(consumed['feature_inference'] - expected)) / np.max(np.abs(expected))
+  assert error < RTOL, error
+  assert consumed['finetune/trainable_changed'].all()
