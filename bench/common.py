@@ -25,6 +25,7 @@ from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-to
 from tf_simclr import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr import optim  # pylint: disable=g-import-not-at-top
 from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
+from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
 
 TRAIN_FLOPS_PER_FORWARD_FLOP = 3
 
@@ -231,6 +232,8 @@ def timed_step_fn(config: config_lib.Config, strategy: tf.distribute.Strategy,
   """
   train_lib.keep_nan_propagation()  # As tf_simclr.train.train does.
   train_loop, model, _ = build_train_loop(config, strategy, num_classes)
+  # --cpu_kernels, as tf_simclr.train.train chooses them (before the step is traced).
+  kernels = kernel_choice.choose_for_run(config, model, strategy.num_replicas_in_sync)
   per_replica_batch = config.train.train_batch_size // strategy.num_replicas_in_sync
   batch = random_batch(config, per_replica_batch, num_classes, config.train.seed)
   dataset = strategy.distribute_datasets_from_function(
@@ -243,4 +246,5 @@ def timed_step_fn(config: config_lib.Config, strategy: tf.distribute.Strategy,
     return train_loop(iterator, num_steps).numpy()
 
   one_step.tracing_count = train_loop.experimental_get_tracing_count  # type: ignore[attr-defined]
+  one_step.kernels = kernels  # type: ignore[attr-defined]
   return one_step, model

@@ -48,6 +48,7 @@ from tf_simclr import config as config_lib
 from tf_simclr import strategy as strategy_lib
 from tf_simclr.models import fast_batch_norm
 from tf_simclr.models import fast_conv
+from tf_simclr.models import kernel_choice
 
 simclr_flags.define_flags()
 absl_flags.DEFINE_integer('bench_steps', 10, 'Timed training steps.')
@@ -75,6 +76,10 @@ absl_flags.DEFINE_bool('bench_compare_tf_defaults', False,
                        'TensorFlow\'s conv input gradient (what stock TF/Keras layers '
                        'compute, as the official code does), alternating, and report '
                        'the speed-up.')
+absl_flags.DEFINE_bool('bench_compare_cpu_kernels', False,
+                       'Also time the step built with --cpu_kernels=ours and with '
+                       '--cpu_kernels=stock, alternating with the run\'s own choice '
+                       '(--cpu_kernels, auto by default), and report the speed-ups.')
 FLAGS = absl_flags.FLAGS
 
 
@@ -108,12 +113,36 @@ def compare_alternating(config: config_lib.Config, strategy: tf.distribute.Strat
   return common.median(ours), common.median(theirs)
 
 
+def compare_cpu_kernels(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                        one_step: Callable[[], Any], *, num_classes: int, steps: int,
+                        warmup_steps: int) -> dict[str, float]:
+  """The run's step vs the same step with --cpu_kernels=ours and =stock, alternating."""
+  others = {}
+  for mode in ('ours', 'stock'):
+    other_config = config_lib.replace(config, train={'cpu_kernels': mode})
+    others[mode], _ = common.timed_step_fn(other_config, strategy, num_classes, warmup_steps)
+  # Each step was traced with its own choice; the module-level one goes back to the run's.
+  kernel_choice.apply_choice(one_step.kernels)
+  times = {'run': [], 'ours': [], 'stock': []}
+  for _ in range(steps):
+    times['run'] += common.time_calls(one_step, 1)
+    for mode, step in others.items():
+      times[mode] += common.time_calls(step, 1)
+  medians = {mode: common.median(values) for mode, values in times.items()}
+  return {'step_seconds_median_alternating_kernels': medians['run'],
+          'step_seconds_median_cpu_kernels_ours': medians['ours'],
+          'step_seconds_median_cpu_kernels_stock': medians['stock'],
+          'speedup_vs_cpu_kernels_ours': medians['ours'] / medians['run'],
+          'speedup_vs_cpu_kernels_stock': medians['stock'] / medians['run']}
+
+
 def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
                   num_classes: int, steps: int, warmup_steps: int,
                   matmul_sizes: list[int],
                   compare_keras_batch_norm_steps: int = 0,
                   compare_plain_conv_gradient_steps: int = 0,
-                  compare_tf_defaults_steps: int = 0) -> dict[str, Any]:
+                  compare_tf_defaults_steps: int = 0,
+                  compare_cpu_kernels_steps: int = 0) -> dict[str, Any]:
   """Times the training step; returns the result dict (KEYS plus details)."""
   num_replicas = strategy.num_replicas_in_sync
   global_batch = config.train.train_batch_size
@@ -148,6 +177,10 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
     comparison.update({'step_seconds_median_alternating_defaults': ours,
                        'step_seconds_median_tf_defaults': theirs,
                        'speedup_vs_tf_defaults': theirs / ours})
+  if compare_cpu_kernels_steps:
+    comparison.update(compare_cpu_kernels(config, strategy, one_step, num_classes=num_classes,
+                                          steps=compare_cpu_kernels_steps,
+                                          warmup_steps=warmup_steps))
   step_seconds = common.median(durations)
   images_per_sec = global_batch / step_seconds
 
@@ -197,6 +230,10 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
       },
       'load_average_1min': common.load_average(),
       'tracing_count': one_step.tracing_count(),
+      'cpu': kernel_choice.cpu_description(),
+      'cpu_kernels': {'mode': config.train.cpu_kernels,
+                      'summary': one_step.kernels.summary(),
+                      'timings': one_step.kernels.timings},
       **comparison,
   }
 
@@ -227,7 +264,9 @@ def main(argv: list[str]) -> None:
                              FLAGS.bench_steps if FLAGS.bench_compare_plain_conv_gradient
                              else 0),
                          compare_tf_defaults_steps=(
-                             FLAGS.bench_steps if FLAGS.bench_compare_tf_defaults else 0))
+                             FLAGS.bench_steps if FLAGS.bench_compare_tf_defaults else 0),
+                         compare_cpu_kernels_steps=(
+                             FLAGS.bench_steps if FLAGS.bench_compare_cpu_kernels else 0))
   print(f"{result['images_per_sec']:.2f} images/s "
         f"({result['step_seconds_median']:.3f} s/step median of {FLAGS.bench_steps}), "
         f"{result['model_flops_per_image'] / 1e9:.2f} GFLOP/image-step, "
@@ -246,6 +285,11 @@ def main(argv: list[str]) -> None:
   if 'speedup_vs_tf_defaults' in result:
     print(f"fused BN + fast conv gradient vs Keras BN + TF conv gradient (alternating): "
           f"{result['speedup_vs_tf_defaults']:.3f}x", flush=True)
+  print(result['cpu_kernels']['summary'], flush=True)
+  if 'speedup_vs_cpu_kernels_stock' in result:
+    print(f"--cpu_kernels={FLAGS.cpu_kernels} vs ours everywhere / stock everywhere "
+          f"(alternating): {result['speedup_vs_cpu_kernels_ours']:.3f}x / "
+          f"{result['speedup_vs_cpu_kernels_stock']:.3f}x", flush=True)
   print(json.dumps(result, sort_keys=True), flush=True)
 
 

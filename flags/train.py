@@ -7,7 +7,8 @@ from tf_simclr import config as config_lib
 OFFICIAL_FLAGS = ('mode', 'train_mode', 'lineareval_while_pretraining',
                   'checkpoint', 'zero_init_logits_layer',
                   'fine_tune_after_block')
-OUR_FLAGS = ('steps_per_loop', 'mixed_precision', 'jit_compile',
+OUR_FLAGS = ('steps_per_loop', 'mixed_precision', 'force_bfloat16', 'cpu_kernels',
+             'jit_compile',
              'deterministic', 'seed', 'log_every_steps', 'micro_batch_size',
              'knn_every_steps', 'knn_at_eval', 'knn_k', 'knn_temperature',
              'knn_train_examples', 'knn_eval_examples',
@@ -51,6 +52,17 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
       'mixed_precision', 'float32', list(config_lib.MIXED_PRECISIONS),
       'Compute dtype: float32, or bfloat16 (mixed_bfloat16 policy, float32 '
       'variables and loss).', flag_values=flag_values)
+  absl_flags.DEFINE_bool(
+      'force_bfloat16', False,
+      'Run --mixed_precision=bfloat16 even on a CPU without native bf16 '
+      '(avx512_bf16 or amx_bf16), where it is slower than float32 and by default '
+      'falls back to float32 with a note.', flag_values=flag_values)
+  absl_flags.DEFINE_enum(
+      'cpu_kernels', 'auto', list(config_lib.CPU_KERNELS),
+      'CPU only: per layer shape, our conv gradient and fused batch norm or stock '
+      'TensorFlow/Keras. auto times both on this CPU at start-up (cached per '
+      'CPU model and flags); ours / stock take one side everywhere.',
+      flag_values=flag_values)
   absl_flags.DEFINE_bool(
       'jit_compile', False, 'Compile the train step with XLA.',
       flag_values=flag_values)

@@ -29,6 +29,7 @@ def _loss_curve(mixed_precision: str, steps: int) -> np.ndarray:
       train=config_lib.TrainConfig(train_batch_size=8, train_steps=steps,
                                    lineareval_while_pretraining=False,
                                    mixed_precision=mixed_precision,
+                                   force_bfloat16=True,  # Also on CPUs without bf16.
                                    model_dir=tempfile.mkdtemp()))
   tf.keras.utils.set_random_seed(0)  # Same initial weights in both runs.
   strategy = tf.distribute.get_strategy()

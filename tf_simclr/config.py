@@ -24,6 +24,7 @@ MIXED_PRECISIONS = ('float32', 'bfloat16')
 EXPORT_WHEN = ('checkpoint', 'end', 'never')
 BLUR_IMPLS = ('per_image', 'per_batch')
 CROP_FALLBACKS = ('whole_image', 'center_crop')
+CPU_KERNELS = ('auto', 'ours', 'stock')
 
 # Variables whose path contains one of these get neither weight decay nor LARS
 # trust-ratio adaptation (official defaults).
@@ -115,6 +116,11 @@ class TrainConfig:
   # Ours.
   steps_per_loop: int = 0          # 0: checkpoint_steps if set, else up to 100
   mixed_precision: str = 'float32'
+  # Run bfloat16 even on a CPU without native bf16 (tf_simclr/precision.py). Ours.
+  force_bfloat16: bool = False
+  # CPU kernels per layer shape: measured at start-up (auto), ours or stock TF/Keras
+  # (tf_simclr/models/kernel_choice.py). Ours.
+  cpu_kernels: str = 'auto'
   jit_compile: bool = False
   deterministic: bool = False
   seed: int = 0
@@ -308,6 +314,8 @@ def validate(config: Config, num_replicas: int = 1) -> None:
         f'--eval_timeout_secs={t.eval_timeout_secs} must be >= 0 (0: no limit).')
   check(t.mixed_precision in MIXED_PRECISIONS,
         f'--mixed_precision={t.mixed_precision!r} is unknown; use float32 or bfloat16.')
+  check(t.cpu_kernels in CPU_KERNELS,
+        f'--cpu_kernels={t.cpu_kernels!r} is unknown; use one of {CPU_KERNELS}.')
   check(bool(t.model_dir), '--model_dir is required: the directory for checkpoints and results.')
   check(e.keep_hub_module_max >= 0, f'--keep_hub_module_max={e.keep_hub_module_max} must be >= 0.')
   check(e.export_hub_module in EXPORT_WHEN,

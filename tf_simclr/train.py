@@ -37,8 +37,10 @@ from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import official_import
 from tf_simclr import optim
+from tf_simclr import precision
 from tf_simclr import progress as progress_lib
 from tf_simclr.models import SimCLRModel, build_model
+from tf_simclr.models import kernel_choice
 
 InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
@@ -195,7 +197,8 @@ def steps_per_loop(train_config: config_lib.TrainConfig, checkpoint_steps: int) 
 def build_model_for(config: config_lib.Config, num_classes: int) -> SimCLRModel:
   """`build_model` under the --mixed_precision dtype policy (call in strategy.scope())."""
   previous_policy = keras.config.dtype_policy()
-  if config.train.mixed_precision == 'bfloat16':
+  if precision.resolve_mixed_precision(config.train.mixed_precision,
+                                       config.train.force_bfloat16) == 'bfloat16':
     keras.config.set_dtype_policy('mixed_bfloat16')
   try:
     return build_model(config, num_classes)
@@ -458,7 +461,10 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
       print(f'Starting from the official model: {note}.', flush=True)
   step = int(optimizer.iterations.numpy())
 
-  # 4. The step function and the multi-step loop.
+  # 4. The step function and the multi-step loop, with the CPU kernels chosen first.
+  kernels = kernel_choice.choose_for_run(config, model, num_replicas)
+  if verbose and chief and kernels.timings:
+    print(kernels.summary(), flush=True)
   if teacher is not None:
     step_fn = distill.build_train_step(config, model, teacher, optimizer, strategy,
                                        metric_names)

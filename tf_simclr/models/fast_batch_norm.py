@@ -21,13 +21,48 @@ momentum)` with the biased batch variance. Anything this layer does not speciali
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import contextlib
+from typing import Any, Iterator, Mapping, Optional
 
 import keras
 import tensorflow as tf
 
 _FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
 _enabled = True
+
+
+# Per-shape choices (tf_simclr/models/kernel_choice.py): input shape without the batch
+# -> fused (True) or the Keras computation (False), for unsynchronized statistics;
+# shapes not listed take _default_choice. Synchronized multi-replica BN stays ours
+# (one all-reduce instead of Keras' three).
+_shape_choices: dict[tuple[int, ...], bool] = {}
+_default_choice = True
+# While not None, each call appends its input shape.
+_recorded_shapes: Optional[list[tuple[int, ...]]] = None
+
+
+def set_fused_choices(choices: Mapping[tuple[int, ...], bool], default: bool = True) -> None:
+  """Per-shape choice between the fused kernel (True) and the Keras computation."""
+  global _default_choice
+  _shape_choices.clear()
+  _shape_choices.update(choices)
+  _default_choice = bool(default)
+
+
+def fused_choices() -> tuple[dict[tuple[int, ...], bool], bool]:
+  """(per-shape choices, default) currently set."""
+  return dict(_shape_choices), _default_choice
+
+
+@contextlib.contextmanager
+def recording_shapes() -> Iterator[list[tuple[int, ...]]]:
+  """Collects the input shape (batch axis left out) of every BN call inside."""
+  global _recorded_shapes
+  previous, _recorded_shapes = _recorded_shapes, []
+  try:
+    yield _recorded_shapes
+  finally:
+    _recorded_shapes = previous
 
 
 def set_fused_batch_norm_enabled(enabled: bool) -> None:
@@ -44,6 +79,11 @@ def fused_batch_norm_enabled() -> bool:
   return _enabled
 
 
+def shape_key(shape: Any) -> tuple[int, ...]:
+  """A BN input shape without its batch axis (unknown sizes as -1)."""
+  return tuple(-1 if size is None else int(size) for size in list(shape)[1:])
+
+
 @keras.saving.register_keras_serializable(package='tf_simclr')
 class FusedBatchNormalization(keras.layers.BatchNormalization):
   """`keras.layers.BatchNormalization` computed with fused kernels and one all-reduce.
@@ -55,11 +95,19 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
   def _uses_keras_path(self, inputs: tf.Tensor, mask: Optional[tf.Tensor]) -> bool:
     rank = len(inputs.shape)
-    return (not _enabled or mask is not None or self.renorm or rank < 2 or
-            self.axis not in (-1, rank - 1) or inputs.dtype not in _FUSED_DTYPES)
+    if (not _enabled or mask is not None or self.renorm or rank < 2 or
+        self.axis not in (-1, rank - 1) or inputs.dtype not in _FUSED_DTYPES):
+      return True
+    replica_context = tf.distribute.get_replica_context()
+    if (self.synchronized and replica_context is not None and
+        replica_context.num_replicas_in_sync > 1):
+      return False
+    return not _shape_choices.get(shape_key(inputs.shape), _default_choice)
 
   def call(self, inputs, training=None, mask=None):
     inputs = tf.convert_to_tensor(inputs)
+    if _recorded_shapes is not None:
+      _recorded_shapes.append(shape_key(inputs.shape))
     if self._uses_keras_path(inputs, mask):
       return super().call(inputs, training=training, mask=mask)
     channels = inputs.shape[-1]

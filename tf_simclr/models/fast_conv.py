@@ -22,8 +22,9 @@ at trace time with stride > 1), `conv2d` is the plain convolution with TF's grad
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
@@ -31,6 +32,49 @@ _enabled = True
 # Feature maps up to this many pixels (4 x 4) get the kernel gradient by a conv over
 # the batch (measured here: 1x1 maps 2-4x faster; 8x8 and larger mixed, so not there).
 SMALL_MAP_PIXELS = 16
+
+
+# Per-layer-shape choices (tf_simclr/models/kernel_choice.py): conv_key -> our gradient
+# (True) or TensorFlow's (False); shapes not listed take _default_choice.
+_shape_choices: dict[tuple[int, ...], bool] = {}
+_default_choice = True
+# While not None, conv2d appends (input shape, kernel shape, stride) of each call.
+_recorded_shapes: Optional[list[tuple[tuple[int, ...], tuple[int, ...], int]]] = None
+
+
+def conv_key(input_shape: Sequence[Optional[int]], kernel_shape: Sequence[int],
+             stride: int) -> tuple[int, ...]:
+  """(H, W, C_in, kh, kw, C_out, stride): what a per-shape choice is keyed by."""
+  return (*(-1 if size is None else int(size) for size in input_shape[1:]),
+          *(int(size) for size in kernel_shape[:2]), int(kernel_shape[3]), int(stride))
+
+
+def set_gradient_choices(choices: Mapping[tuple[int, ...], bool],
+                         default: bool = True) -> None:
+  """Per-shape choice of the input/kernel gradient: ours (True) or TensorFlow's.
+
+  Read when a layer is called (traced), so set it before building the step function.
+  """
+  global _default_choice
+  _shape_choices.clear()
+  _shape_choices.update(choices)
+  _default_choice = bool(default)
+
+
+def gradient_choices() -> tuple[dict[tuple[int, ...], bool], bool]:
+  """(per-shape choices, default) currently set."""
+  return dict(_shape_choices), _default_choice
+
+
+@contextlib.contextmanager
+def recording_shapes() -> Iterator[list[tuple[tuple[int, ...], tuple[int, ...], int]]]:
+  """Collects (input shape, kernel shape, stride) of every conv2d call inside."""
+  global _recorded_shapes
+  previous, _recorded_shapes = _recorded_shapes, []
+  try:
+    yield _recorded_shapes
+  finally:
+    _recorded_shapes = previous
 
 
 def set_fast_conv_gradient_enabled(enabled: bool) -> None:
@@ -58,9 +102,14 @@ def _accelerator_present() -> bool:
           isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy))
 
 
-def uses_fast_gradient(inputs: tf.Tensor, stride: int) -> bool:
-  """Whether `conv2d` takes the custom-gradient path for this input."""
+def uses_fast_gradient(inputs: tf.Tensor, stride: int,
+                       kernel_shape: Optional[Sequence[int]] = None) -> bool:
+  """Whether `conv2d` takes the custom-gradient path for this input (and kernel: its
+  per-shape choice, see `set_gradient_choices`)."""
   if not _enabled or _accelerator_present():
+    return False
+  if kernel_shape is not None and not _shape_choices.get(
+      conv_key(inputs.shape, kernel_shape, stride), _default_choice):
     return False
   if stride == 1:
     return True
@@ -207,8 +256,16 @@ def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
   Returns:
     [B, Ho, Wo, C_out]; its input gradient by forward convolutions on CPU.
   """
-  if not uses_fast_gradient(inputs, stride):
+  if _recorded_shapes is not None:
+    _recorded_shapes.append((tuple(inputs.shape.as_list()), tuple(kernel.shape.as_list()),
+                             stride))
+  if not uses_fast_gradient(inputs, stride, kernel.shape.as_list()):
     return _plain_conv2d(inputs, kernel, stride)
+  return conv2d_with_fast_gradient(inputs, kernel, stride)
+
+
+def conv2d_with_fast_gradient(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
+  """`conv2d` with our gradient, whatever the choices (stride > 1: static H, W)."""
   input_shape = inputs.shape.as_list()
   kernel_shape = kernel.shape.as_list()
 

@@ -1,0 +1,122 @@
+r"""One speed table for this CPU kind: ours vs the peers, measured in the same sitting.
+
+    python bench/cpu_kinds.py --official_tf2_dir=/path/to/simclr/tf2
+    python bench/cpu_kinds.py --official_tf2_dir=... --configs=r18_cifar_32,r50_imagenet_32 \
+        --steps=4
+
+For each config, one after the other in this sitting: our step (`bench/train_step.py`,
+`--cpu_kernels=auto`, alternating with the same step built with `--cpu_kernels=ours`
+and `--cpu_kernels=stock`), the official google-research/simclr tf2 step
+(`bench/peer_official_tf2.py`, oneDNN on) and the PyTorch peer (`bench/peer_pytorch.py`)
+when torch imports. Prints the CPU (model, whether it has avx512f / avx512_bf16 /
+amx_bf16), a markdown table (images/s and ours / peer ratios) and a last JSON line with
+every number and the full CPU flag list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Optional
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH_DIR))
+
+# name: (depth, stem, image size, batch)
+CONFIGS = {
+    'r18_cifar_32': (18, 'cifar', 32, 64),
+    'r50_imagenet_32': (50, 'imagenet', 32, 64),
+    'r50_imagenet_96': (50, 'imagenet', 96, 32),
+    'r50_imagenet_128': (50, 'imagenet', 128, 32),
+}
+FLAGS_OF_INTEREST = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
+
+
+def _last_json(command: list[str], timeout: float) -> Optional[dict[str, Any]]:
+  """Runs `command`; its last stdout line as JSON, or None (the error on stderr)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  try:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                            env=env, check=False)
+  except subprocess.TimeoutExpired:
+    print(f'timed out: {" ".join(command)}', file=sys.stderr, flush=True)
+    return None
+  lines = result.stdout.strip().splitlines()
+  if result.returncode or not lines:
+    print(f'failed ({result.returncode}): {" ".join(command)}\n{result.stderr[-1500:]}',
+          file=sys.stderr, flush=True)
+    return None
+  return json.loads(lines[-1])
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--official_tf2_dir', default='',
+                      help='tf2/ of a google-research/simclr checkout; empty: no official peer.')
+  parser.add_argument('--configs', default='r18_cifar_32,r50_imagenet_32,r50_imagenet_96')
+  parser.add_argument('--steps', type=int, default=4)
+  parser.add_argument('--timeout', type=float, default=3600)
+  args = parser.parse_args()
+  from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
+  cpu = kernel_choice.cpu_description()
+  has = {flag: flag in cpu['flags'] for flag in FLAGS_OF_INTEREST}
+  torch_available = importlib.util.find_spec('torch') is not None
+  print(f"CPU: {cpu['model']}; {os.cpu_count()} logical CPUs; "
+        + ', '.join(f'{flag} {"yes" if value else "no"}' for flag, value in has.items()),
+        flush=True)
+  rows, results = [], {}
+  for name in args.configs.split(','):
+    depth, stem, size, batch = CONFIGS[name]
+    ours = _last_json([
+        sys.executable, os.path.join(BENCH_DIR, 'train_step.py'), f'--resnet_depth={depth}',
+        f'--image_size={size}', f'--cifar_stem={stem == "cifar"}',
+        f'--train_batch_size={batch}', f'--bench_steps={args.steps}',
+        '--bench_warmup_steps=1', '--cpu_kernels=auto', '--bench_compare_cpu_kernels',
+        '--bench_matmul_sizes=2048'], args.timeout)
+    official = None
+    if args.official_tf2_dir:
+      official = _last_json([
+          sys.executable, os.path.join(BENCH_DIR, 'peer_official_tf2.py'),
+          f'--official_tf2_dir={args.official_tf2_dir}', f'--depth={depth}', f'--stem={stem}',
+          f'--image_size={size}', f'--batch_size={batch}', f'--steps={args.steps}',
+          '--warmup_steps=1'], args.timeout)
+    pytorch = None
+    if torch_available:
+      pytorch = _last_json([
+          sys.executable, os.path.join(BENCH_DIR, 'peer_pytorch.py'), f'--depth={depth}',
+          f'--stem={stem}', f'--image_size={size}', f'--batch_size={batch}',
+          f'--steps={args.steps}', '--warmup_steps=1'], args.timeout)
+    results[name] = {'ours': ours, 'official_tf2': official, 'pytorch': pytorch}
+
+    def rate(result: Optional[dict[str, Any]]) -> Optional[float]:
+      return None if result is None else result.get('images_per_sec')
+
+    def text(value: Optional[float], digits: int = 1, suffix: str = '') -> str:
+      return 'n/a' if value is None else f'{value:.{digits}f}{suffix}'
+
+    ours_rate = rate(ours)
+    auto_vs = {mode: (ours or {}).get(f'speedup_vs_cpu_kernels_{mode}') for mode in
+               ('ours', 'stock')}
+    ratio = {peer: (ours_rate / rate(result) if ours_rate and rate(result) else None)
+             for peer, result in (('official', official), ('pytorch', pytorch))}
+    rows.append(f"| {name} (b{batch}) | {text(ours_rate)} | {text(auto_vs['ours'], 2, 'x')} | "
+                f"{text(auto_vs['stock'], 2, 'x')} | {text(rate(official))} | "
+                f"{text(ratio['official'], 2, 'x')} | {text(rate(pytorch))} | "
+                f"{text(ratio['pytorch'], 2, 'x')} |")
+    print(rows[-1], flush=True)
+  print('\n| config | ours (auto), images/s | auto vs ours-everywhere | auto vs stock-everywhere '
+        '| official tf2 | ours / official | PyTorch peer | ours / PyTorch |\n'
+        '|---|---|---|---|---|---|---|---|', flush=True)
+  print('\n'.join(rows), flush=True)
+  print(json.dumps({'date': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    'cpu': cpu, 'cpu_flags_of_interest': has,
+                    'torch_available': torch_available, 'results': results}), flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,119 @@
+"""--cpu_kernels: per layer shape, our kernels or stock TF/Keras, from timings on this CPU.
+
+A two-conv model (two shapes) and its BN layers: timings in the cache file decide each
+shape (the faster side wins), and the traced gradient then uses TensorFlow's
+Conv2DBackpropInput / the Keras BN ops exactly where stock won. One real measurement
+checks that timings are taken, cached under this CPU's key and reused.
+"""
+
+import json
+
+import keras
+import pytest
+import tensorflow as tf
+
+from tf_simclr import config as config_lib
+from tf_simclr.models import fast_batch_norm
+from tf_simclr.models import fast_conv
+from tf_simclr.models import kernel_choice
+from tf_simclr.models import resnet
+
+IMAGE_SIZE = 16
+BATCH = 128  # 128 x 16 x 16 pixels: enough for `auto` to measure.
+
+
+@pytest.fixture(autouse=True)
+def _restore_choices():
+  yield
+  fast_conv.set_gradient_choices({}, True)
+  fast_batch_norm.set_fused_choices({}, True)
+
+
+def _model() -> keras.Model:
+  inputs = keras.Input([IMAGE_SIZE, IMAGE_SIZE, 3])
+  hidden = resnet.FixedPaddingConv2D(8, 3, 1)(inputs)                  # 16x16x3 -> 8
+  hidden = resnet.batch_norm(momentum=0.9, synchronized=False,
+                            name='batch_normalization_1')(hidden)  # 16x16x8
+  hidden = resnet.FixedPaddingConv2D(4, 3, 2)(hidden)                  # 16x16x8 -> 4
+  hidden = resnet.batch_norm(momentum=0.9, synchronized=False,
+                            name='batch_normalization_2')(hidden)  # 8x8x4
+  return keras.Model(inputs, hidden)
+
+
+def _gradient_op_types(model: keras.Model) -> list[str]:
+  def gradient(images):
+    with tf.GradientTape() as tape:
+      tape.watch(images)
+      loss = tf.reduce_sum(tf.square(model(images, training=True)))
+    return tape.gradient(loss, [images] + model.trainable_variables)
+
+  graph = tf.function(gradient).get_concrete_function(
+      tf.TensorSpec([4, IMAGE_SIZE, IMAGE_SIZE, 3])).graph
+  types = [op.type for op in graph.get_operations()]
+  for function in graph._functions.values():  # pylint: disable=protected-access
+    types += [node.op for node in function.definition.node_def]
+  return types
+
+
+def test_cached_timings_decide_each_shape(tmp_path):
+  model = _model()
+  cache_path = str(tmp_path / 'kernels.json')
+  prefix = kernel_choice._cache_prefix(tf.float32, BATCH)  # pylint: disable=protected-access
+  # First conv and first BN: ours faster; second conv and BN: stock faster.
+  timings = {'conv 16x16x3x3x3x8x1': {'ours': 1.0, 'stock': 2.0},
+             'conv 16x16x8x3x3x4x2': {'ours': 2.0, 'stock': 1.0},
+             'bn 16x16x8': {'ours': 1.0, 'stock': 2.0},
+             'bn 8x8x4': {'ours': 2.0, 'stock': 1.0}}
+  with open(cache_path, 'w') as cache_file:
+    json.dump({prefix + name: value for name, value in timings.items()}, cache_file)
+  choice = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
+                                        batch=BATCH, cache_path=cache_path)
+  assert choice.measured_seconds == 0 and choice.timings == timings
+  assert choice.conv_choices == {(16, 16, 3, 3, 3, 8, 1): True, (16, 16, 8, 3, 3, 4, 2): False}
+  assert choice.batch_norm_choices == {(16, 16, 8): True, (8, 8, 4): False}
+  types = _gradient_op_types(model)
+  assert types.count('Conv2DBackpropInput') == 1  # The stride-2 conv only.
+  assert types.count('FusedBatchNormV3') == 1    # The first BN only; Keras ops for the other.
+  assert 'on 1/2 conv shapes, fused BN on 1/2 BN shapes' in choice.summary()
+
+  for mode, backprop_inputs, fused in (('stock', 2, 0), ('ours', 0, 2)):
+    kernel_choice.choose_kernels(model, mode=mode, image_size=IMAGE_SIZE, batch=BATCH,
+                                 cache_path=cache_path)
+    types = _gradient_op_types(model)
+    assert (types.count('Conv2DBackpropInput'), types.count('FusedBatchNormV3')) == (
+        backprop_inputs, fused), mode
+
+
+def test_auto_measures_caches_and_reuses(tmp_path):
+  model = _model()
+  cache_path = str(tmp_path / 'cache' / 'kernels.json')
+  first = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
+                                       batch=BATCH, cache_path=cache_path, repeats=1)
+  assert first.measured_seconds > 0 and len(first.timings) == 4
+  assert all(value['ours'] > 0 and value['stock'] > 0 for value in first.timings.values())
+  for name, value in first.timings.items():  # The faster side was chosen.
+    key = tuple(int(size) for size in name.split()[1].split('x'))
+    chosen = first.conv_choices.get(key, first.batch_norm_choices.get(key))
+    assert chosen == (value['ours'] <= value['stock']), name
+  second = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
+                                        batch=BATCH, cache_path=cache_path)
+  assert second.measured_seconds == 0 and second.timings == first.timings
+  # Another batch is another key: measured anew, not read from the cache.
+  other = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
+                                       batch=BATCH * 2, cache_path=cache_path, repeats=1,
+                                       apply=False)
+  assert other.measured_seconds > 0
+
+
+def test_small_steps_keep_ours_and_bad_mode_is_named():
+  choice = kernel_choice.choose_kernels(_model(), mode='auto', image_size=IMAGE_SIZE,
+                                        batch=8, cache_path='')
+  assert (choice.conv_choices, choice.default) == ({}, True) and 'too small' in choice.reason
+  with pytest.raises(ValueError, match='--cpu_kernels'):
+    config_lib.validate(config_lib.Config(train=config_lib.TrainConfig(
+        cpu_kernels='fast', model_dir='/x', train_steps=1)))
+
+
+def test_cpu_description_has_flags():
+  description = kernel_choice.cpu_description()
+  assert isinstance(description['flags'], list)

@@ -1,0 +1,65 @@
+"""--mixed_precision=bfloat16 runs float32 on a CPU without native bf16 unless forced."""
+
+import pathlib
+
+import pytest
+
+from tf_simclr import config as config_lib
+from tf_simclr import precision
+
+AVX2_ONLY = frozenset('fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma f16c'.split())
+AVX512_BF16 = AVX2_ONLY | {'avx512f', 'avx512bw', 'avx512_bf16'}
+AMX = AVX2_ONLY | {'avx512f', 'amx_tile', 'amx_bf16'}
+# avx512f without the bf16 extension is not native bf16.
+AVX512_ONLY = AVX2_ONLY | {'avx512f', 'avx512bw', 'avx512vl'}
+
+
+@pytest.mark.parametrize('cpu_flags, expected', [
+    (AVX2_ONLY, 'float32'), (AVX512_ONLY, 'float32'),
+    (AVX512_BF16, 'bfloat16'), (AMX, 'bfloat16')])
+def test_bfloat16_only_where_the_cpu_has_it(cpu_flags, expected):
+  dtype, note = precision.effective_mixed_precision('bfloat16', cpu_flags=cpu_flags,
+                                                    accelerator=False)
+  assert dtype == expected
+  if expected == 'float32':
+    assert '\n' not in note and 'no native bf16' in note and '--force_bfloat16' in note
+  else:
+    assert note is None
+
+
+def test_forced_accelerator_and_float32_requests_are_kept():
+  assert precision.effective_mixed_precision(
+      'bfloat16', True, cpu_flags=AVX2_ONLY, accelerator=False) == ('bfloat16', None)
+  assert precision.effective_mixed_precision(
+      'bfloat16', cpu_flags=AVX2_ONLY, accelerator=True) == ('bfloat16', None)
+  assert precision.effective_mixed_precision(
+      'float32', cpu_flags=AVX512_BF16, accelerator=False) == ('float32', None)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: pathlib.Path):
+  cpuinfo = tmp_path / 'cpuinfo'
+  cpuinfo.write_text('processor\t: 0\nmodel name\t: AMD EPYC\n'
+                     'flags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n')
+  assert precision.read_cpu_flags(str(cpuinfo)) == {'fpu', 'avx2', 'avx512f', 'avx512_bf16'}
+  assert precision.read_cpu_flags(str(tmp_path / 'missing')) is None
+  real = precision.read_cpu_flags()
+  if pathlib.Path('/proc/cpuinfo').exists():
+    assert real and ('sse2' in real or 'fp' in real)  # x86 or ARM flags.
+
+
+def test_the_real_model_follows_this_cpu(capfd):
+  """The model that training builds: bf16 layers only where the CPU has native bf16."""
+  from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.Config(
+      model=config_lib.ModelConfig(resnet_depth=18, proj_out_dim=8),
+      data=config_lib.DataConfig(image_size=8),
+      train=config_lib.TrainConfig(mixed_precision='bfloat16', model_dir='/unused',
+                                   train_steps=1))
+  native = precision.cpu_has_native_bfloat16(precision.read_cpu_flags() or ())
+  kept = native or precision.accelerator_present()
+  model = train_lib.build_model_for(config, 10)
+  assert model.encoder.compute_dtype == ('bfloat16' if kept else 'float32')
+  assert ('no native bf16' in capfd.readouterr().err) == (not kept)
+  forced = train_lib.build_model_for(
+      config_lib.replace(config, train={'force_bfloat16': True}), 10)
+  assert forced.encoder.compute_dtype == 'bfloat16'

@@ -1,0 +1,325 @@
+"""Per-CPU, per-layer-shape choice of our kernels vs stock TensorFlow/Keras, measured.
+
+Our conv gradient (`fast_conv`: input gradient as forward convolutions) and fused batch
+norm (`fast_batch_norm`) beat stock TF/Keras on an AVX2-only CPU, while on an AVX-512
+CPU the same paths were measured slower for ResNet-50 (issue 17: 0.78x stock). Which
+wins depends on the CPU, the layer's shape and the batch, so `choose_kernels` decides
+per layer shape at start-up from timings on this CPU:
+
+1. the model's conv and BN layer shapes are recorded from one small eager forward pass;
+2. for each distinct shape, at the training batch (both views when pretraining), the
+   forward + backward of our path and of the stock one are timed, alternating call by
+   call (`repeats` each, median), in the run's compute dtype;
+3. a shape gets our path where it was faster, else the stock one (`fast_conv.
+   set_gradient_choices`, `fast_batch_norm.set_fused_choices`).
+
+Timings are cached in a JSON file keyed by the CPU (model name and flags from
+/proc/cpuinfo), the TensorFlow version, oneDNN on/off, the dtype, the batch and the
+shape, so a machine measures each shape once. `--cpu_kernels=ours|stock` skips the
+measurement and takes one side everywhere; `auto` measures. Both sides compute the same
+gradient (to float32 rounding; tests/test_conv_gradient.py, tests/test_fast_batch_norm.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from tf_simclr.config import CPU_KERNELS
+from tf_simclr.models import fast_batch_norm
+from tf_simclr.models import fast_conv
+
+CACHE_ENV = 'TF_SIMCLR_KERNEL_CACHE'
+# Below this many pixels per step (batch x H x W) a layer's timing is mostly call
+# overhead and the run is short: `auto` keeps our kernels without measuring.
+MIN_PIXELS_TO_MEASURE = 32 * 32 * 32
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelChoice:
+  """What `choose_kernels` decided (and why)."""
+  mode: str                                       # auto, ours or stock
+  conv_choices: dict[tuple[int, ...], bool]       # conv_key -> ours
+  batch_norm_choices: dict[tuple[int, ...], bool]  # BN shape -> fused
+  default: bool                                   # shapes not listed
+  timings: dict[str, dict[str, float]]            # shape name -> {'ours', 'stock'} seconds
+  measured_seconds: float                         # spent measuring (0: cached / none)
+  reason: str
+
+  def summary(self) -> str:
+    """One line: how many shapes take our path, per kind."""
+    conv = sum(self.conv_choices.values())
+    norm = sum(self.batch_norm_choices.values())
+    if not self.conv_choices and not self.batch_norm_choices:
+      return f'cpu kernels: {"ours" if self.default else "stock"} everywhere ({self.reason}).'
+    return (f'cpu kernels ({self.mode}): our conv gradient on {conv}/{len(self.conv_choices)} '
+            f'conv shapes, fused BN on {norm}/{len(self.batch_norm_choices)} BN shapes '
+            f'({self.reason}).')
+
+
+def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> dict[str, Any]:
+  """{'model': ..., 'flags': sorted list} of the first processor (empty if unknown)."""
+  model, flags = platform.processor() or platform.machine(), []
+  try:
+    with open(cpuinfo_path, encoding='utf-8', errors='replace') as cpuinfo:
+      for line in cpuinfo:
+        key, _, value = line.partition(':')
+        key = key.strip()
+        if key == 'model name' and model in ('', platform.machine()):
+          model = value.strip()
+        elif key in ('flags', 'Features') and not flags:
+          flags = sorted(value.split())
+        elif not line.strip() and flags:
+          break
+  except OSError:
+    pass
+  return {'model': model, 'flags': flags}
+
+
+def default_cache_path() -> str:
+  """$TF_SIMCLR_KERNEL_CACHE, else ~/.cache/tf_simclr/cpu_kernels.json."""
+  return os.environ.get(CACHE_ENV) or os.path.join(
+      os.path.expanduser('~'), '.cache', 'tf_simclr', 'cpu_kernels.json')
+
+
+def _cache_prefix(dtype: tf.DType, batch: int) -> str:
+  from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+  cpu = cpu_description()
+  identity = json.dumps([cpu['model'], cpu['flags'], tf.__version__,
+                         bool(_pywrap_util_port.IsMklEnabled())])
+  return f'{hashlib.sha1(identity.encode()).hexdigest()[:16]}/{dtype.name}/b{batch}/'
+
+
+def _load_cache(path: str) -> dict[str, dict[str, float]]:
+  try:
+    with tf.io.gfile.GFile(path, 'r') as cache_file:
+      loaded = json.load(cache_file)
+    return loaded if isinstance(loaded, dict) else {}
+  except (tf.errors.OpError, ValueError, OSError):
+    return {}
+
+
+def _save_cache(path: str, cache: dict[str, dict[str, float]]) -> None:
+  """Written to a temporary file and renamed (never a half-written cache)."""
+  try:
+    directory = os.path.dirname(path)
+    if directory:
+      tf.io.gfile.makedirs(directory)
+    temporary = f'{path}.tmp{os.getpid()}'
+    with tf.io.gfile.GFile(temporary, 'w') as cache_file:
+      json.dump(cache, cache_file, indent=1, sort_keys=True)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+  except (tf.errors.OpError, OSError) as error:
+    print(f'note: kernel timings not cached ({error}).', file=sys.stderr, flush=True)
+
+
+def layer_shapes(model: keras.Model, image_size: int) -> tuple[list[tuple[tuple[int, ...], tuple[int, ...], int]],
+                            list[tuple[int, ...]]]:
+  """Distinct (input shape, kernel shape, stride) of the convs and BN input shapes (batch
+  axis 1) of `model`, from one eager forward pass of one image."""
+  with fast_conv.recording_shapes() as convs, fast_batch_norm.recording_shapes() as norms:
+    model(tf.zeros([1, image_size, image_size, 3]), training=False)
+  return list(dict.fromkeys(convs)), list(dict.fromkeys(norms))
+
+
+def _median_alternating(first: Callable[[], Any], second: Callable[[], Any],
+                        repeats: int) -> tuple[float, float]:
+  """Median seconds of `first` and `second`, called alternately (after one warm-up)."""
+  first()
+  second()
+  times_first, times_second = [], []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    first()
+    times_first.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    second()
+    times_second.append(time.perf_counter() - start)
+  return statistics.median(times_first), statistics.median(times_second)
+
+
+def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
+              batch: int, dtype: tf.DType = tf.float32, repeats: int = 3
+              ) -> tuple[float, float]:
+  """Seconds of forward + both gradients of one conv layer: (ours, stock)."""
+  generator = tf.random.Generator.from_seed(0)
+  inputs = tf.cast(generator.normal([batch, *input_shape[1:]]), dtype)
+  kernel = tf.cast(generator.normal(list(kernel_shape)) * 0.05, dtype)
+
+  def step_fn(convolve: Callable[..., tf.Tensor]) -> Callable[[], Any]:
+    @tf.function
+    def step():
+      with tf.GradientTape() as tape:
+        tape.watch([inputs, kernel])
+        outputs = convolve(inputs, kernel, stride)
+      return tape.gradient(outputs, [inputs, kernel], output_gradients=outputs)
+
+    return lambda: [gradient.numpy() for gradient in step()]
+
+  return _median_alternating(step_fn(fast_conv.conv2d_with_fast_gradient),
+                             step_fn(fast_conv._plain_conv2d), repeats)  # pylint: disable=protected-access
+
+
+def time_batch_norm(shape: Sequence[int], batch: int, dtype: tf.DType = tf.float32,
+                    repeats: int = 3) -> tuple[float, float]:
+  """Seconds of training-mode forward + backward of one BN layer: (fused, Keras)."""
+  generator = tf.random.Generator.from_seed(0)
+  inputs = tf.cast(generator.normal([batch, *shape]), dtype)
+  policy = 'mixed_bfloat16' if dtype == tf.bfloat16 else 'float32'
+
+  def step_fn(layer: keras.layers.Layer) -> Callable[[], Any]:
+    layer.build(inputs.shape)
+
+    @tf.function
+    def step():
+      with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        outputs = layer(inputs, training=True)
+      return tape.gradient(outputs, [inputs] + layer.trainable_variables,
+                           output_gradients=outputs)
+
+    return lambda: [gradient.numpy() for gradient in step()]
+
+  fused = fast_batch_norm.FusedBatchNormalization(epsilon=1e-5, dtype=policy)
+  stock = keras.layers.BatchNormalization(epsilon=1e-5, dtype=policy)
+  previous = fast_batch_norm.fused_choices()
+  fast_batch_norm.set_fused_choices({}, default=True)  # This layer: the fused path.
+  try:
+    return _median_alternating(step_fn(fused), step_fn(stock), repeats)
+  finally:
+    fast_batch_norm.set_fused_choices(*previous)
+
+
+def choose_kernels(model: keras.Model, *, mode: str, image_size: int, batch: int,
+                   dtype: tf.DType = tf.float32, cache_path: Optional[str] = None,
+                   repeats: int = 3, apply: bool = True) -> KernelChoice:
+  """Decides ours vs stock per layer shape (see the module docstring); applies it.
+
+  Args:
+    model: the built model (its layer shapes are recorded with one eager forward pass).
+    mode: 'ours' (our paths everywhere), 'stock' (TF's conv gradient and the Keras BN
+      computation everywhere) or 'auto' (measured per shape; the default).
+    image_size: the training image size.
+    batch: images per replica per forward pass (both views when pretraining; the
+      micro-batch's with --micro_batch_size).
+    dtype: the compute dtype.
+    cache_path: the timing cache; None: `default_cache_path()`; '' no cache.
+    repeats: timed calls per side and shape.
+    apply: set the choices in fast_conv / fast_batch_norm.
+
+  Returns:
+    The KernelChoice.
+  """
+  if mode not in CPU_KERNELS:
+    raise ValueError(f'--cpu_kernels={mode!r} is unknown; use one of {CPU_KERNELS}.')
+  if mode != 'auto':
+    choice = KernelChoice(mode, {}, {}, mode == 'ours', {}, 0.0, f'--cpu_kernels={mode}')
+  elif fast_conv._accelerator_present():  # pylint: disable=protected-access
+    choice = KernelChoice(mode, {}, {}, True, {}, 0.0, 'GPU/TPU: their own kernels')
+  elif batch * image_size * image_size < MIN_PIXELS_TO_MEASURE:
+    choice = KernelChoice(mode, {}, {}, True, {}, 0.0,
+                          f'batch {batch} at {image_size} px is too small to time')
+  else:
+    choice = _measure(model, image_size, batch, dtype, cache_path, repeats)
+  if apply:
+    apply_choice(choice)
+  return choice
+
+
+def apply_choice(choice: KernelChoice) -> None:
+  """Sets `choice` in fast_conv / fast_batch_norm (read when the step is traced)."""
+  fast_conv.set_gradient_choices(choice.conv_choices, choice.default)
+  fast_batch_norm.set_fused_choices(choice.batch_norm_choices, choice.default)
+
+
+def _conv_name(key: tuple[int, ...]) -> str:
+  return 'conv ' + 'x'.join(str(size) for size in key)
+
+
+def _norm_name(shape: tuple[int, ...]) -> str:
+  return 'bn ' + 'x'.join(str(size) for size in shape)
+
+
+def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats: int,
+                  cache: dict[str, dict[str, float]], prefix: str) -> int:
+  """Times the shapes the cache lacks (into `cache`); returns how many."""
+  measured = 0
+  for input_shape, kernel_shape, stride in convs:
+    name = _conv_name(fast_conv.conv_key(input_shape, kernel_shape, stride))
+    if prefix + name not in cache:
+      ours, stock = time_conv(input_shape, kernel_shape, stride, batch, dtype, repeats)
+      cache[prefix + name] = {'ours': ours, 'stock': stock}
+      measured += 1
+  for shape in norms:
+    name = _norm_name(shape)
+    if prefix + name not in cache:
+      ours, stock = time_batch_norm(shape, batch, dtype, repeats)
+      cache[prefix + name] = {'ours': ours, 'stock': stock}
+      measured += 1
+  return measured
+
+
+def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
+             cache_path: Optional[str], repeats: int) -> KernelChoice:
+  cache_path = default_cache_path() if cache_path is None else cache_path
+  cache = _load_cache(cache_path) if cache_path else {}
+  prefix = _cache_prefix(dtype, batch)
+  convs, norms = layer_shapes(model, image_size)
+  timings: dict[str, dict[str, float]] = {}
+  conv_choices: dict[tuple[int, ...], bool] = {}
+  norm_choices: dict[tuple[int, ...], bool] = {}
+  start = time.perf_counter()
+  # One small tf.function per shape and side: TF's retracing warning is expected here.
+  logger = tf.get_logger()
+  previous_level = logger.level
+  logger.setLevel('ERROR')
+  try:
+    measured = _time_missing(convs, norms, batch, dtype, repeats, cache, prefix)
+  finally:
+    logger.setLevel(previous_level)
+  for input_shape, kernel_shape, stride in convs:
+    key = fast_conv.conv_key(input_shape, kernel_shape, stride)
+    name = _conv_name(key)
+    timings[name] = cache[prefix + name]
+    conv_choices[key] = timings[name]['ours'] <= timings[name]['stock']
+  for shape in norms:
+    name = _norm_name(shape)
+    timings[name] = cache[prefix + name]
+    norm_choices[shape] = timings[name]['ours'] <= timings[name]['stock']
+  seconds = time.perf_counter() - start
+  if measured and cache_path:
+    _save_cache(cache_path, cache)
+  reason = (f'measured {measured} shapes in {seconds:.0f} s' if measured else
+            f'timings cached in {cache_path}')
+  return KernelChoice('auto', conv_choices, norm_choices, True, timings,
+                      seconds if measured else 0.0, reason)
+
+
+def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
+                   apply: bool = True) -> KernelChoice:
+  """`choose_kernels` for a run's config (`tf_simclr.config.Config`): --cpu_kernels, the
+  image size, the per-replica images per forward pass (micro-batch with gradient caching,
+  both views when pretraining) and the compute dtype."""
+  from tf_simclr import grad_cache  # pylint: disable=g-import-not-at-top
+  from tf_simclr import precision  # pylint: disable=g-import-not-at-top
+  train_config = config.train
+  examples = train_config.train_batch_size // max(1, num_replicas)
+  if grad_cache.uses_grad_cache(config, num_replicas):
+    examples = train_config.micro_batch_size
+  views = 2 if train_config.train_mode == 'pretrain' else 1
+  dtype, _ = precision.effective_mixed_precision(train_config.mixed_precision,
+                                                 train_config.force_bfloat16)
+  return choose_kernels(model, mode=train_config.cpu_kernels,
+                        image_size=config.data.image_size, batch=views * examples,
+                        dtype=tf.bfloat16 if dtype == 'bfloat16' else tf.float32,
+                        apply=apply)

@@ -1,0 +1,86 @@
+"""Whether --mixed_precision=bfloat16 pays on this machine's CPU.
+
+bfloat16 speeds a training step up only where the hardware computes in it natively.
+On x86 CPUs that means the `avx512_bf16` (AVX512-BF16 dot products) or `amx_bf16`
+(AMX tiles) instructions; elsewhere TensorFlow/oneDNN emulates bf16 through float32
+conversions and the step gets slower, not faster (measured on this project's AVX2-only
+machine, docs/speed.md). So a CPU-only run asking for bfloat16 on a CPU without those
+flags runs float32, with one line saying so, unless `--force_bfloat16` insists (for
+tests of the bf16 numerics). GPU/TPU runs are left alone: their bf16 support is not
+read from /proc/cpuinfo.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable, Optional
+
+NATIVE_BFLOAT16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def read_cpu_flags(path: str = '/proc/cpuinfo') -> Optional[frozenset[str]]:
+  """The `flags` of the first processor in /proc/cpuinfo; None when unreadable (not
+  Linux, or no flags line: then nothing is known about the CPU)."""
+  try:
+    with open(path, encoding='utf-8', errors='replace') as cpuinfo:
+      for line in cpuinfo:
+        if line.startswith(('flags', 'Features')) and ':' in line:
+          return frozenset(line.split(':', 1)[1].split())
+  except OSError:
+    return None
+  return None
+
+
+def cpu_has_native_bfloat16(cpu_flags: Iterable[str]) -> bool:
+  """Whether these CPU flags include native bf16 arithmetic (avx512_bf16 or amx_bf16)."""
+  flags = set(cpu_flags)
+  return any(flag in flags for flag in NATIVE_BFLOAT16_CPU_FLAGS)
+
+
+def accelerator_present() -> bool:
+  """A GPU or TPU is visible, or a TPUStrategy is in scope."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return bool(tf.config.list_physical_devices('GPU') or
+              tf.config.list_physical_devices('TPU') or
+              isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy))
+
+
+def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
+                              cpu_flags: Optional[Iterable[str]] = None,
+                              accelerator: Optional[bool] = None
+                              ) -> tuple[str, Optional[str]]:
+  """The compute dtype to run, and a one-line note when it differs from `requested`.
+
+  Args:
+    requested: --mixed_precision ('float32' or 'bfloat16').
+    force_bfloat16: --force_bfloat16: keep bfloat16 whatever the CPU.
+    cpu_flags: the CPU's flags; None reads /proc/cpuinfo (unreadable: keep the request).
+    accelerator: whether a GPU/TPU runs the model; None looks it up.
+
+  Returns:
+    ('float32' or 'bfloat16', note or None).
+  """
+  if requested != 'bfloat16' or force_bfloat16:
+    return requested, None
+  if accelerator is None:
+    accelerator = accelerator_present()
+  if accelerator:
+    return requested, None
+  if cpu_flags is None:
+    cpu_flags = read_cpu_flags()
+    if cpu_flags is None:
+      return requested, None
+  if cpu_has_native_bfloat16(cpu_flags):
+    return requested, None
+  return 'float32', ('--mixed_precision=bfloat16: this CPU has no native bf16 '
+                     f'({" or ".join(NATIVE_BFLOAT16_CPU_FLAGS)} not in /proc/cpuinfo), '
+                     'where bf16 is slower than float32; running float32 (add '
+                     '--force_bfloat16 to run bfloat16 anyway).')
+
+
+def resolve_mixed_precision(requested: str, force_bfloat16: bool = False) -> str:
+  """`effective_mixed_precision` for this machine; prints its note (one line) on stderr."""
+  dtype, note = effective_mixed_precision(requested, force_bfloat16)
+  if note:
+    print(f'note: {note}', file=sys.stderr, flush=True)
+  return dtype
