@@ -75,6 +75,9 @@ def test_cached_timings_decide_each_shape(tmp_path):
   assert types.count('Conv2DBackpropInput') == 1  # The stride-2 conv only.
   assert types.count('FusedBatchNormV3') == 1    # The first BN only; Keras ops for the other.
   assert 'on 1/2 conv shapes, fused BN on 1/2 BN shapes' in choice.summary()
+  short_run = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
+                                           batch=BATCH, cache_path=cache_path, total_steps=10)
+  assert short_run.conv_choices == choice.conv_choices  # Cached timings serve short runs.
 
   for mode, backprop_inputs, fused in (('stock', 2, 0), ('ours', 0, 2)):
     kernel_choice.choose_kernels(model, mode=mode, image_size=IMAGE_SIZE, batch=BATCH,
@@ -105,10 +108,15 @@ def test_auto_measures_caches_and_reuses(tmp_path):
   assert other.measured_seconds > 0
 
 
-def test_small_steps_keep_ours_and_bad_mode_is_named():
+def test_small_steps_and_short_runs_keep_ours_and_bad_mode_is_named(tmp_path):
   choice = kernel_choice.choose_kernels(_model(), mode='auto', image_size=IMAGE_SIZE,
                                         batch=8, cache_path='')
   assert (choice.conv_choices, choice.default) == ({}, True) and 'too small' in choice.reason
+  cache_path = str(tmp_path / 'kernels.json')
+  short = kernel_choice.choose_kernels(_model(), mode='auto', image_size=IMAGE_SIZE,
+                                       batch=BATCH, cache_path=cache_path, total_steps=10)
+  assert short.conv_choices == {} and 'too short' in short.reason
+  assert not (tmp_path / 'kernels.json').exists()
   with pytest.raises(ValueError, match='--cpu_kernels'):
     config_lib.validate(config_lib.Config(train=config_lib.TrainConfig(
         cpu_kernels='fast', model_dir='/x', train_steps=1)))

@@ -462,7 +462,8 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   step = int(optimizer.iterations.numpy())
 
   # 4. The step function and the multi-step loop, with the CPU kernels chosen first.
-  kernels = kernel_choice.choose_for_run(config, model, num_replicas)
+  kernels = kernel_choice.choose_for_run(config, model, num_replicas,
+                                         total_steps=total_steps)
   if verbose and chief and kernels.timings:
     print(kernels.summary(), flush=True)
   if teacher is not None:

@@ -43,6 +43,10 @@ CACHE_ENV = 'TF_SIMCLR_KERNEL_CACHE'
 # Below this many pixels per step (batch x H x W) a layer's timing is mostly call
 # overhead and the run is short: `auto` keeps our kernels without measuring.
 MIN_PIXELS_TO_MEASURE = 32 * 32 * 32
+# Measuring costs about as much as 5-10 training steps (every shape, both sides, a few
+# calls each): `auto` measures only for runs of at least this many steps (<= ~2%);
+# shorter runs (tests, smoke runs) keep our kernels unless the timings are cached.
+MIN_STEPS_TO_MEASURE = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +206,8 @@ def time_batch_norm(shape: Sequence[int], batch: int, dtype: tf.DType = tf.float
 
 def choose_kernels(model: keras.Model, *, mode: str, image_size: int, batch: int,
                    dtype: tf.DType = tf.float32, cache_path: Optional[str] = None,
-                   repeats: int = 3, apply: bool = True) -> KernelChoice:
+                   repeats: int = 3, apply: bool = True,
+                   total_steps: Optional[int] = None) -> KernelChoice:
   """Decides ours vs stock per layer shape (see the module docstring); applies it.
 
   Args:
@@ -216,6 +221,8 @@ def choose_kernels(model: keras.Model, *, mode: str, image_size: int, batch: int
     cache_path: the timing cache; None: `default_cache_path()`; '' no cache.
     repeats: timed calls per side and shape.
     apply: set the choices in fast_conv / fast_batch_norm.
+    total_steps: the run's length; below MIN_STEPS_TO_MEASURE `auto` only uses timings
+      already cached (else our kernels). None: measure whatever the length.
 
   Returns:
     The KernelChoice.
@@ -230,7 +237,11 @@ def choose_kernels(model: keras.Model, *, mode: str, image_size: int, batch: int
     choice = KernelChoice(mode, {}, {}, True, {}, 0.0,
                           f'batch {batch} at {image_size} px is too small to time')
   else:
-    choice = _measure(model, image_size, batch, dtype, cache_path, repeats)
+    measure = total_steps is None or total_steps >= MIN_STEPS_TO_MEASURE
+    choice = _measure(model, image_size, batch, dtype, cache_path, repeats, measure)
+    if choice is None:
+      choice = KernelChoice(mode, {}, {}, True, {}, 0.0,
+                            f'a run of {total_steps} steps is too short to pay for timing')
   if apply:
     apply_choice(choice)
   return choice
@@ -270,11 +281,19 @@ def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats
 
 
 def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
-             cache_path: Optional[str], repeats: int) -> KernelChoice:
+             cache_path: Optional[str], repeats: int, measure: bool = True
+             ) -> Optional[KernelChoice]:
+  """Timings (cached or new) -> choices; None when `measure` is False and some shape
+  has no cached timing."""
   cache_path = default_cache_path() if cache_path is None else cache_path
   cache = _load_cache(cache_path) if cache_path else {}
   prefix = _cache_prefix(dtype, batch)
   convs, norms = layer_shapes(model, image_size)
+  if not measure:
+    names = ([_conv_name(fast_conv.conv_key(*conv)) for conv in convs] +
+             [_norm_name(shape) for shape in norms])
+    if any(prefix + name not in cache for name in names):
+      return None
   timings: dict[str, dict[str, float]] = {}
   conv_choices: dict[tuple[int, ...], bool] = {}
   norm_choices: dict[tuple[int, ...], bool] = {}
@@ -306,7 +325,7 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
 
 
 def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
-                   apply: bool = True) -> KernelChoice:
+                   apply: bool = True, total_steps: Optional[int] = None) -> KernelChoice:
   """`choose_kernels` for a run's config (`tf_simclr.config.Config`): --cpu_kernels, the
   image size, the per-replica images per forward pass (micro-batch with gradient caching,
   both views when pretraining) and the compute dtype."""
@@ -322,4 +341,4 @@ def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
   return choose_kernels(model, mode=train_config.cpu_kernels,
                         image_size=config.data.image_size, batch=views * examples,
                         dtype=tf.bfloat16 if dtype == 'bfloat16' else tf.float32,
-                        apply=apply)
+                        apply=apply, total_steps=total_steps)
