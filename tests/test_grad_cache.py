@@ -113,6 +113,9 @@ def test_micro_batch_size_must_divide_the_replica_batch():
   config_lib.validate(config_lib.replace(config, train={'micro_batch_size': 48}), 1)
   with pytest.raises(ValueError, match='--micro_batch_size=48 must divide the per-replica'):
     config_lib.validate(config_lib.replace(config, train={'micro_batch_size': 48}), 3)
+  with pytest.raises(ValueError, match='--micro_batch_size applies to'):
+    config_lib.validate(config_lib.replace(config, train={'micro_batch_size': 32,
+                                                          'train_mode': 'distill'}), 1)
   assert grad_cache.uses_grad_cache(config_lib.replace(config, train={'micro_batch_size': 32}), 1)
   assert not grad_cache.uses_grad_cache(config_lib.replace(config, train={'micro_batch_size': 96}), 1)
   assert not grad_cache.uses_grad_cache(config_lib.replace(config, train={'micro_batch_size': 0}), 1)

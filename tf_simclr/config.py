@@ -306,6 +306,9 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(t.steps_per_loop >= 0, f'--steps_per_loop={t.steps_per_loop} must be >= 0.')
   check(t.micro_batch_size >= 0,
         f'--micro_batch_size={t.micro_batch_size} must be >= 0 (0: off).')
+  check(t.micro_batch_size == 0 or t.train_mode != 'distill',
+        '--micro_batch_size applies to --train_mode=pretrain or finetune, not distill; '
+        'drop it.')
   check(t.micro_batch_size == 0 or (t.train_batch_size // num_replicas) % t.micro_batch_size == 0,
         f'--micro_batch_size={t.micro_batch_size} must divide the per-replica batch '
         f'{t.train_batch_size // num_replicas} (--train_batch_size / {num_replicas} replicas).')
