@@ -259,3 +259,29 @@ def test_two_replicas_equal_single_device_in_distill_mode(tmp_path):
     for key in single.files:
       np.testing.assert_allclose(other[key], single[key], rtol=2e-4, atol=2e-5,
                                  err_msg=f'{name}: {key}')
+
+
+@pytest.mark.slow
+def test_sigkill_in_distill_mode_then_restart_is_bit_identical(image_folder, tmp_path):
+  """run.py killed (SIGKILL) during a checkpoint write and at a random moment, restarted
+  with the same command: the same student as an uninterrupted run (about 5 min on 2
+  busy cores)."""
+  from tests.test_reliability import _assert_bit_identical  # pylint: disable=g-import-not-at-top
+  from tests.test_reliability import _finish  # pylint: disable=g-import-not-at-top
+  from tests.test_reliability import _kill_and_resume  # pylint: disable=g-import-not-at-top
+  write_teacher(tmp_path / 'teacher', num_classes=2)
+  extra = ('--train_mode=distill', f'--teacher_checkpoint={tmp_path / "teacher"}',
+           '--distill_temperature=2', '--distill_label_weight=0.5',
+           '--distill_labeled_split=train[:50%]')
+  reference_dir, resumed_dir = tmp_path / 'reference', tmp_path / 'resumed'
+  reference = helpers.start(helpers.run_command(reference_dir, image_folder, *extra),
+                            tmp_path / 'reference.log')
+  try:
+    code, _ = _kill_and_resume(helpers.run_command(resumed_dir, image_folder, *extra),
+                               resumed_dir, tmp_path / 'resumed.log', ['save', 0.7])
+    assert code == 0, (tmp_path / 'resumed.log').read_text()[-3000:]
+    assert _finish(reference) == 0, (tmp_path / 'reference.log').read_text()[-3000:]
+  finally:
+    helpers.kill(reference)
+  assert (tmp_path / 'resumed.log').read_text().count('Resuming from') == 2
+  _assert_bit_identical(reference_dir, resumed_dir)
