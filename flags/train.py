@@ -119,7 +119,9 @@ def _define_distill_flags(flag_values: absl_flags.FlagValues) -> None:
   absl_flags.DEFINE_string(
       'teacher_checkpoint', None,
       '--train_mode=distill: the frozen teacher, a fine-tuned run (checkpoint '
-      'prefix or model_dir) or its hub export folder.', flag_values=flag_values)
+      'prefix or model_dir), its hub export folder, or a published '
+      'google-research/simclr tf2 model with a supervised head.',
+      flag_values=flag_values)
   absl_flags.DEFINE_float(
       'distill_temperature', 1.0,
       'Distillation temperature T: cross-entropy between softmax(teacher / T) '

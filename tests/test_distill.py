@@ -285,3 +285,28 @@ def test_sigkill_in_distill_mode_then_restart_is_bit_identical(image_folder, tmp
     helpers.kill(reference)
   assert (tmp_path / 'resumed.log').read_text().count('Resuming from') == 2
   _assert_bit_identical(reference_dir, resumed_dir)
+
+
+@pytest.mark.slow
+def test_official_model_teacher_gives_the_official_logits(tmp_path):
+  """A google-research/simclr tf2 model written by the official code (subprocess,
+  random weights and BN statistics): as a teacher, checkpoint and SavedModel give the
+  official SavedModel's inference-mode logits_sup (about 3 min on 2 busy cores)."""
+  from tests import test_official_import  # pylint: disable=g-import-not-at-top
+  if not (test_official_import.OFFICIAL_DIR / 'run.py').is_file():
+    pytest.skip('official SimCLR tf2 code not found')
+  run_dir = test_official_import.write_official(tmp_path / 'official', '--resnet_depth=18',
+                                                '--proj_out_dim=32', '--ft_proj_selector=1')
+  reference = np.load(run_dir / 'reference.npz')
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  for path in (run_dir, run_dir / 'saved_model' / '1'):
+    config = config_lib.replace(
+        distill_config(tmp_path / 'student', path, distill_label_weight=0.0),
+        model={'ft_proj_selector': 1})  # The official head reads projection layer 1.
+    distill.check_inputs(config, 10)
+    teacher = distill.load_teacher(config, strategy, 10)
+    logits = teacher(tf.constant(reference['inputs'])).numpy()
+    error = np.abs(logits - reference['logits_sup']).max() / np.abs(reference['logits_sup']).max()
+    assert error < 1e-4, (path, error)
+  with pytest.raises(ValueError, match='the teacher has 10 classes but --dataset=synthetic has 3'):
+    distill.check_inputs(config, 3)

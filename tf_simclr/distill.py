@@ -80,19 +80,38 @@ def _is_export(path: str) -> bool:
   return tf.io.gfile.exists(os.path.join(path, 'saved_model.pb'))
 
 
-def resolve_teacher(path: str) -> tuple[str, str]:
-  """('checkpoint', prefix) or ('export', folder) for `--teacher_checkpoint=path`.
+def _our_export(path: str) -> Optional[str]:
+  """`path` when it is a SavedModel folder, else the newest export of a model_dir
+  without checkpoints, else None."""
+  if _is_export(path):
+    return path
+  if tf.io.gfile.isdir(path) and not checkpoints.latest_complete_checkpoint(path):
+    import hub_export  # pylint: disable=g-import-not-at-top
+    return hub_export.latest_export(path)
+  return None
+
+
+def resolve_teacher(path: str) -> tuple[str, Any]:
+  """What `--teacher_checkpoint=path` holds: ('official', OfficialSource) for a
+  published google-research/simclr model (`tf_simclr.official_import`), ('export',
+  folder) for our hub export, or ('checkpoint', prefix) for our checkpoint.
 
   Raises:
     FileNotFoundError: nothing loadable there (one line naming the flag).
+    ValueError: a checkpoint that is neither official nor ours (e.g. TF1).
   """
-  if _is_export(path):
-    return 'export', path
-  if tf.io.gfile.isdir(path) and not checkpoints.latest_complete_checkpoint(path):
-    import hub_export  # pylint: disable=g-import-not-at-top
-    export = hub_export.latest_export(path)
-    if export:
-      return 'export', export
+  from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
+  export = _our_export(path)
+  try:
+    official = official_import.find_source(path, FLAG)
+  except ValueError:
+    if export is None:
+      raise
+    official = None  # Our own SavedModel is not an official one.
+  if official is not None:
+    return 'official', official
+  if export is not None:
+    return 'export', export
   return 'checkpoint', checkpoints.resolve_checkpoint(path, FLAG)
 
 
@@ -149,6 +168,31 @@ def _teacher_config(config: config_lib.Config, prefix: str) -> config_lib.Config
              'zero_init_logits_layer': False, 'mixed_precision': 'float32'})
 
 
+def _official_teacher_config(config: config_lib.Config, source: Any, num_classes: int
+                             ) -> tuple[config_lib.Config, int]:
+  """(teacher config, classes) of a published google-research/simclr model.
+
+  The structure is read from the checkpoint (`official_import.read_architecture`).
+  Which projection-head layer feeds its classifier is not recorded there: the
+  student's --ft_proj_selector is used (set it to the official fine-tuning's value).
+  """
+  from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
+  architecture = official_import.read_architecture(source, FLAG)
+  if architecture.num_classes is None:
+    raise ValueError(f'{FLAG}={source.path}: this official model has no supervised head; '
+                     'fine-tune it first (--train_mode=finetune --checkpoint=...) and pass '
+                     'that run.')
+  if architecture.num_classes != num_classes:
+    return config, architecture.num_classes  # The caller reports the class mismatch.
+  teacher_config = config_lib.replace(
+      official_import.config_for_architecture(config, architecture, (), source.path),
+      train={'train_mode': 'finetune', 'fine_tune_after_block': -1,
+             'zero_init_logits_layer': False, 'mixed_precision': 'float32'})
+  official_import.check_supervised_head(architecture, teacher_config, num_classes,
+                                        source.path)
+  return teacher_config, architecture.num_classes
+
+
 def _check_classes(teacher_classes: int, num_classes: int, path: str,
                    config: config_lib.Config) -> None:
   if teacher_classes != num_classes:
@@ -182,6 +226,8 @@ def check_inputs(config: config_lib.Config, num_classes: int) -> None:
   kind, location = resolve_teacher(path)
   if kind == 'export':
     teacher_classes = _export_classes(tf.saved_model.load(location), location, path)
+  elif kind == 'official':
+    teacher_classes = _official_teacher_config(config, location, num_classes)[1]
   else:
     teacher_classes = _checkpoint_num_classes(location)
   _check_classes(teacher_classes, num_classes, path, config)
@@ -210,16 +256,25 @@ def load_teacher(config: config_lib.Config, strategy: tf.distribute.Strategy,
     return Teacher(lambda images: serve(images)['logits_sup'], num_classes, location,
                    list(loaded.variables), loaded)
 
-  _check_classes(_checkpoint_num_classes(location), num_classes, path, config)
   from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
-  teacher_config = _teacher_config(config, location)
+  if kind == 'official':
+    teacher_config, teacher_classes = _official_teacher_config(config, location, num_classes)
+  else:
+    teacher_config, teacher_classes = (_teacher_config(config, location),
+                                       _checkpoint_num_classes(location))
+  _check_classes(teacher_classes, num_classes, path, config)
   with strategy.scope():
     model = train_lib.build_model_for(teacher_config, num_classes)
-  model.trainable = False
-  try:
-    checkpoints.restore_or_explain(tf.train.Checkpoint(model=model), location)
-  except ValueError as error:
-    raise ValueError(f'{FLAG}: {error}') from None
+  model.trainable = False  # Keras 3 batch norm of a frozen layer runs in inference mode.
+  if kind == 'official':
+    from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
+    official_import.load_weights(model, location, flag_name=FLAG)
+    location = location.path
+  else:
+    try:
+      checkpoints.restore_or_explain(tf.train.Checkpoint(model=model), location)
+    except ValueError as error:
+      raise ValueError(f'{FLAG}: {error}') from None
   return Teacher(lambda images: model(images, training=False)['logits_sup'], num_classes,
                  location, list(model.variables), model)
 
