@@ -363,9 +363,6 @@ def _validate_distill(distill: DistillConfig, train: TrainConfig) -> None:
        not distilling,
        f'--distill_label_weight={distill.distill_label_weight} needs '
        "--distill_labeled_split (the labelled subset, e.g. 'train[:10%]')."),
-      (not (distilling and train.micro_batch_size),
-       f'--micro_batch_size={train.micro_batch_size} is not supported with '
-       '--train_mode=distill; drop it.'),
   )
   for condition, message in checks:
     if not condition:
