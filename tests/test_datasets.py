@@ -223,6 +223,26 @@ def test_pretrain_blur_per_image_or_once_per_view_of_the_batch(tmp_path, blur_im
     assert min(ratios) > (1 - 0.32) ** 2 - 1e-3
 
 
+@pytest.mark.parametrize('crop_fallback', ['whole_image', 'center_crop'])
+def test_crop_fallback_of_very_elongated_images(tmp_path, crop_fallback):
+  # 4x120 horizontal ramp: no crop fits. The official fallback squeezes the whole ramp
+  # into the view; ours takes a center crop (aspect 4/3: 4x5 px of the ramp's middle).
+  ramp = np.tile(np.linspace(0, 255, 120).astype(np.uint8)[None, :, None], (4, 1, 3))
+  for label in range(2):
+    _write_image(tmp_path / 'train' / f'class_{label}' / 'ramp.png', ramp)
+  config = DataConfig(dataset='image_folder', data_dir=str(tmp_path), train_split='train',
+                      image_size=8, color_jitter_strength=0.0, use_blur=False,
+                      crop_fallback=crop_fallback)
+  input_fn = datasets.build_input_fn(config, split='train', is_training=True,
+                                     train_mode='finetune', global_batch_size=2, seed=1)
+  images = next(iter(input_fn(_context(1, 0, 1))))['image'].numpy()
+  spread = images[:, 4, :, 0].max(axis=1) - images[:, 4, :, 0].min(axis=1)
+  if crop_fallback == 'whole_image':
+    assert np.all(spread > 0.8)
+  else:
+    assert np.all(spread < 0.1) and np.all(np.abs(images[:, 4, :, 0] - 0.5) < 0.1)
+
+
 def test_image_folder_skips_and_counts_bad_files(tmp_path, caplog):
   _constant_color_folder(tmp_path, 6)
   class_dir = tmp_path / 'train' / 'class_0'
