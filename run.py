@@ -89,7 +89,7 @@ def main(argv: list[str]) -> None:
       official_source = official_import.find_source(config.train.checkpoint)
     if official_source is not None:
       architecture = official_import.read_architecture(official_source)
-      if checkpoints.is_chief(strategy):
+      if strategy_lib.is_chief(strategy):
         print(f'--checkpoint={config.train.checkpoint}: official SimCLR tf2 '
               f'{official_source.kind.replace("_", " ")}: {architecture.describe()}', flush=True)
       config = official_import.config_for_architecture(
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> None:
         checkpoints.check_compatible(checkpoint_before, config)
       # The files describe the model built: for an official --checkpoint, its structure.
       model_override = config.model if official_source else None
-      if checkpoints.is_chief(strategy):
+      if strategy_lib.is_chief(strategy):
         checkpoints.write_json_atomic(os.path.join(model_dir, 'flags.json'),
                                       simclr_flags.flags_to_json(model_config=model_override))
         # A flagfile that repeats this run: python run.py --flagfile=MODEL_DIR/flags.txt
@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
     elif mode == 'eval':
       evaluate_lib.evaluate_continuously(config, strategy, data_sizes=data_sizes)
   except (ValueError, FileNotFoundError) as error:
-    if (mode != 'eval' and checkpoints.is_chief(strategy) and
+    if (mode != 'eval' and strategy_lib.is_chief(strategy) and
         checkpoints.latest_complete_checkpoint(model_dir) == checkpoint_before):
       # Nothing trained: leave model_dir as it was (no flags.json of a failed start).
       _remove_new_files(model_dir, files_before)

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 import tensorflow as tf
 
 from tf_simclr import config as config_lib
+from tf_simclr.strategy import is_chief
 
 # Flags that change variable shapes or the model structure; a checkpoint written
 # with other values cannot be loaded.
@@ -90,18 +91,6 @@ def to_json_compatible(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
   return value
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """True on the worker that writes files (always, except non-chief MWMS workers)."""
-  resolver = getattr(strategy, 'cluster_resolver', None)
-  if resolver is None or not resolver.cluster_spec().as_dict():
-    return True
-  task_type, task_id = resolver.task_type, resolver.task_id
-  if task_type in (None, 'chief'):
-    return True
-  has_chief = 'chief' in resolver.cluster_spec().as_dict()
-  return task_type == 'worker' and task_id == 0 and not has_chief
 
 
 def resolve_checkpoint(path: str, flag_name: str = '--checkpoint') -> str:

@@ -26,6 +26,7 @@ from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import official_import
 from tf_simclr import optim
+from tf_simclr import strategy as strategy_lib
 from tf_simclr import train as train_lib
 
 InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
@@ -188,14 +189,14 @@ def _evaluate_model(config: config_lib.Config, strategy: tf.distribute.Strategy,
   result['checkpoint'] = checkpoint_path
   if config.knn.knn_at_eval:
     result.update(knn_eval_metrics(config, strategy, model, sizes.num_classes))
-  if verbose and checkpoints.is_chief(strategy):
+  if verbose and strategy_lib.is_chief(strategy):
     shown = ', '.join(f'{key} {value:.4f}' for key, value in result.items()
                       if key.startswith('eval/'))
     print(f'eval at step {global_step} on {result["num_examples"]} examples '
           f'({time.perf_counter() - start:.1f} s): {shown}', flush=True)
     if not has_head:
       print(f'linear eval {NO_LINEAR_EVAL}.', flush=True)
-  if write_results and checkpoints.is_chief(strategy):
+  if write_results and strategy_lib.is_chief(strategy):
     write_eval_results(train_config.model_dir, result)
   return result
 

@@ -19,7 +19,6 @@ the global-batch mean.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
@@ -39,6 +38,7 @@ from tf_simclr import official_import
 from tf_simclr import optim
 from tf_simclr import precision
 from tf_simclr import progress as progress_lib
+from tf_simclr import strategy as strategy_lib
 from tf_simclr.models import SimCLRModel, build_model
 from tf_simclr.models import kernel_choice
 
@@ -47,14 +47,6 @@ InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
 DEFAULT_MAX_STEPS_PER_LOOP = 100
 SAVED_MODEL_DIRNAME = 'saved_model'
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSizes:
-  """What the loop needs to know about a data set (`data.DatasetInfo` fits)."""
-  num_train_examples: int
-  num_eval_examples: int
-  num_classes: int
 
 
 def dataset_info(config: config_lib.Config) -> Any:
@@ -394,7 +386,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   num_replicas = strategy.num_replicas_in_sync
   config_lib.validate(config, num_replicas)
   model_dir = train_config.model_dir
-  chief = checkpoints.is_chief(strategy)
+  chief = strategy_lib.is_chief(strategy)
   pretrain = train_config.train_mode == 'pretrain'
 
   # 1. Data and step budget.
