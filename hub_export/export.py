@@ -48,12 +48,14 @@ import keras
 
 import tensorflow as tf
 
+from tf_simclr.models import resnet
+from tf_simclr.optim import variable_path
+
 # The endpoint returned by `__call__` (TF Hub image feature-vector convention).
 FEATURE_VECTOR_KEY = 'final_avg_pool'
 # Names the exported dict may contain, in the model's order; others are dropped.
-ENDPOINT_NAMES = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2',
-                  'block_group3', 'block_group4', 'final_avg_pool', 'ft_hidden',
-                  'proj_head_output', 'logits_sup')
+# The encoder's endpoints, then those of the SimCLRModel heads.
+ENDPOINT_NAMES = resnet.ENDPOINT_NAMES + ('ft_hidden', 'proj_head_output', 'logits_sup')
 SERVING_SIGNATURE = 'serving_default'
 # Variables whose path contains one of these get no L2 regularization loss.
 _NO_WEIGHT_DECAY = ('batch_normalization', 'bias')
@@ -111,10 +113,6 @@ def _per_replica_batch_norm(model: Any) -> Iterator[None]:
   finally:
     for layer in layers:
       layer.synchronized = True
-
-
-def _variable_path(variable: Any) -> str:
-  return getattr(variable, 'path', None) or variable.name
 
 
 def _tf_variable(variable: Any) -> tf.Variable:
@@ -199,7 +197,7 @@ def build_hub_module(model: Any,
                                   name='image_size')
   module.regularization_losses = [
       _l2_loss_factory(_tf_variable(v), weight_decay) for v in trainable
-      if weight_decay > 0 and not any(part in _variable_path(v) for part in _NO_WEIGHT_DECAY)
+      if weight_decay > 0 and not any(part in variable_path(v) for part in _NO_WEIGHT_DECAY)
   ]
   return module
 

@@ -19,7 +19,7 @@ from tf_simclr import config as config_lib
 LearningRate = Union[float, keras.optimizers.schedules.LearningRateSchedule]
 
 
-def _variable_path(variable: Any) -> str:
+def variable_path(variable: Any) -> str:
   """Keras 3 variables carry the layer in `.path`; plain tf.Variables in `.name`."""
   return getattr(variable, 'path', None) or variable.name
 
@@ -90,7 +90,7 @@ class LARS(keras.optimizers.Optimizer):
       return
     super().build(variables)
     self.momentums = self.add_optimizer_variables(variables, 'momentum')
-    paths = [_variable_path(variable) for variable in variables]
+    paths = [variable_path(variable) for variable in variables]
     # Stored by variable index: inside update_step under a strategy the variable is a
     # per-replica tf.Variable without `.path`.
     self._decay_flags = tuple(
@@ -288,9 +288,9 @@ def weight_decay_loss(model_or_variables: Union[keras.Model, Iterable[Any]],
     variables = list(model_or_variables)
   if adjust_per_optimizer and optim_config.optimizer == 'lars':
     selected = [v for v in variables
-                if 'head_supervised' in _variable_path(v) and 'bias' not in _variable_path(v)]
+                if 'head_supervised' in variable_path(v) and 'bias' not in variable_path(v)]
   else:
-    selected = [v for v in variables if 'batch_normalization' not in _variable_path(v)]
+    selected = [v for v in variables if 'batch_normalization' not in variable_path(v)]
   if not selected:
     return tf.constant(0.0, tf.float32)
   l2_losses = [tf.nn.l2_loss(tf.cast(tf.convert_to_tensor(v), tf.float32)) for v in selected]
