@@ -2,7 +2,7 @@
 
 Our conv gradient (`fast_conv`: input gradient as forward convolutions) and fused batch
 norm (`fast_batch_norm`) beat stock TF/Keras on an AVX2-only CPU, while on an AVX-512
-CPU the same paths were measured slower for ResNet-50 (issue 17: 0.78x stock). Which
+CPU the same paths were measured slower for ResNet-50 (0.78x stock; docs/speed.md). Which
 wins depends on the CPU, the layer's shape and the batch, so `choose_kernels` decides
 per layer shape at start-up from timings on this CPU:
 
