@@ -95,11 +95,14 @@ def test_micro_batches_keep_examples_and_views_together():
   rows = np.arange(2 * batch, dtype=np.float32)  # View 1 rows 0..5, view 2 rows 6..11.
   images = tf.constant(np.broadcast_to(rows[:, None, None, None], (2 * batch, 1, 1, 1)))
   labels = tf.constant(np.arange(batch, dtype=np.float32)[:, None])
-  micro_images, micro_labels = grad_cache.split_micro_batches(images, labels, 3, 2)
-  np.testing.assert_array_equal(micro_images.numpy()[:, :, 0, 0, 0],
+  parts = [grad_cache.micro_batch(images, labels, tf.constant(k), micro, 2) for k in range(3)]
+  np.testing.assert_array_equal([part[0].numpy()[:, 0, 0, 0] for part in parts],
                                 [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11]])
-  np.testing.assert_array_equal(micro_labels.numpy()[:, :, 0], [[0, 1], [2, 3], [4, 5]])
-  projections = tf.reshape(micro_images, [3, 2 * micro, 1])
+  np.testing.assert_array_equal([part[1].numpy()[:, 0] for part in parts],
+                                [[0, 1], [2, 3], [4, 5]])
+  one_view = grad_cache.micro_batch(images[:batch], labels, tf.constant(2), micro, 1)
+  np.testing.assert_array_equal(one_view[0].numpy()[:, 0, 0, 0], [4, 5])
+  projections = tf.stack([tf.reshape(part[0], [2 * micro, 1]) for part in parts])
   merged = grad_cache.merge_micro_projections(projections, 2)
   np.testing.assert_array_equal(merged.numpy()[:, 0], rows)
 

@@ -58,27 +58,33 @@ def num_micro_batches(per_replica_batch: int, micro_batch_size: int) -> int:
   return per_replica_batch // micro_batch_size
 
 
-def split_micro_batches(images: tf.Tensor, labels: tf.Tensor, num_micro: int,
-                        num_views: int) -> tuple[tf.Tensor, tf.Tensor]:
-  """Splits a replica's batch into micro-batches, each with all views of its examples.
+def micro_batch(images: tf.Tensor, labels: tf.Tensor, index: tf.Tensor,
+                micro_batch_size: int, num_views: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Micro-batch `index` of a replica's batch: all views of examples index*m..index*m+m-1.
+
+  Slices the batch (no copy of the whole batch is made).
 
   Args:
     images: [views * b, H, W, C], view 1 rows first (as the data module yields).
     labels: [b, classes].
-    num_micro: n, dividing b.
+    index: k, a scalar int32 tensor in [0, b / m).
+    micro_batch_size: m.
     num_views: 2 when pretraining, else 1.
 
   Returns:
-    (images [n, views * m, H, W, C] with micro-batch k holding examples k*m..k*m+m-1 of
-    every view, view 1 rows first; labels [n, m, classes]).
+    (images [views * m, H, W, C], view 1 rows first; labels [m, classes]).
   """
-  image_shape = tf.shape(images)[1:]
-  per_view = tf.reshape(images, tf.concat([[num_views, num_micro, -1], image_shape], 0))
-  rank = len(images.shape) + 2
-  micro = tf.transpose(per_view, [1, 0] + list(range(2, rank)))  # [n, views, m, ...]
-  micro = tf.reshape(micro, tf.concat([[num_micro, -1], image_shape], 0))
-  micro_labels = tf.reshape(labels, tf.concat([[num_micro, -1], tf.shape(labels)[1:]], 0))
-  return micro, micro_labels
+  per_view = tf.shape(labels)[0]
+  start = index * micro_batch_size
+  views = [images[view * per_view + start:view * per_view + start + micro_batch_size]
+           for view in range(num_views)]
+  micro_images = views[0] if num_views == 1 else tf.concat(views, 0)
+  micro_labels = labels[start:start + micro_batch_size]
+  # Static micro-batch sizes (a tensor index leaves them unknown after slicing).
+  micro_images = tf.ensure_shape(micro_images, [num_views * micro_batch_size] +
+                                 images.shape.as_list()[1:])
+  micro_labels = tf.ensure_shape(micro_labels, [micro_batch_size] + labels.shape.as_list()[1:])
+  return micro_images, micro_labels
 
 
 def merge_micro_projections(projections: tf.Tensor, num_views: int) -> tf.Tensor:
@@ -125,8 +131,11 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
     return model(images, training=True)
 
   def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
-    micro_images, micro_labels = split_micro_batches(
-        batch['image'], batch['label'], num_micro, num_views)
+    micro_batch_size = config.train.micro_batch_size
+
+    def micro(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+      return micro_batch(batch['image'], batch['label'], index, micro_batch_size, num_views)
+
     variables = model.trainable_variables
     statistics = list(model.non_trainable_variables)  # BN moving mean / variance.
     initial_statistics = [tf.identity(tf.convert_to_tensor(variable)) for variable in statistics]
@@ -140,7 +149,7 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
     if pretrain:
       # Pass 1: projections of every micro-batch, no tape, BN statistics restored.
       def pass1_body(index, projections):
-        projection = forward(micro_images[index])['proj_head_output']
+        projection = forward(micro(index)[0])['proj_head_output']
         with tf.control_dependencies([projection]):
           restore_statistics()
         return index + 1, projections.write(index, projection)
@@ -163,13 +172,13 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
     # Pass 2: forward + backward of each micro-batch with the cached upstream gradient.
     def pass2_body(index, gradient_sums, statistic_sums, supervised_sums):
       with tf.GradientTape() as tape:
-        outputs = forward(micro_images[index])
+        images, labels = micro(index)
+        outputs = forward(images)
         surrogate = tf.constant(0.0)
         if pretrain:
           surrogate += tf.reduce_sum(
               tf.stop_gradient(projection_gradients[index]) * outputs['proj_head_output'])
         if supervised:
-          labels = micro_labels[index]
           labels = tf.concat([labels, labels], 0) if pretrain else labels
           logits = tf.cast(outputs['logits_sup'], tf.float32)
           cross_entropy = tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(
