@@ -58,10 +58,11 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]}; flags look like --name=value.')
   try:
-    config = simclr_flags.config_from_flags()
+    config = simclr_flags.config_from_flags()  # Validated for one replica.
     # Before any other TF op: logical CPUs and multi-worker set-up need it.
     strategy = strategy_lib.create_strategy(config.infra)
-    config_lib.validate(config, strategy.num_replicas_in_sync)
+    if strategy.num_replicas_in_sync > 1:  # Batch sizes must divide by the replicas.
+      config_lib.validate(config, strategy.num_replicas_in_sync)
   except (ValueError, FileNotFoundError) as error:
     fail(str(error))
 

@@ -58,7 +58,8 @@ def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
   `result_<step>.json` (atomically).
 
   Args:
-    config: the run's configuration.
+    config: the run's configuration, validated for this strategy's replica count
+      (`config_lib.validate`; run.py does it once per run).
     strategy: the tf.distribute strategy.
     checkpoint_path: a checkpoint prefix or directory; default `model_dir`.
     input_fn: overrides the eval input function (tests).
@@ -77,7 +78,6 @@ def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
     ValueError: the checkpoint does not fit the configured model.
   """
   train_config = config.train
-  config_lib.validate(config, strategy.num_replicas_in_sync)
   official_source = (official_import.find_source(checkpoint_path) if checkpoint_path
                      else None)
   if official_source is not None:

@@ -367,8 +367,9 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   """Trains per `config` under `strategy`; returns the last loop's metrics.
 
   Args:
-    config: the run's configuration; `config.train.model_dir` receives checkpoints,
-      summaries and exports.
+    config: the run's configuration, validated for this strategy's replica count
+      (`config_lib.validate`; run.py does it once per run); `config.train.model_dir`
+      receives checkpoints, summaries and exports.
     strategy: a tf.distribute strategy (created before any TF op).
     input_fn: overrides the data module's training input function (tests feed fixed
       batches this way); per-replica batches of {'image', 'label', 'mask'}.
@@ -384,7 +385,6 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   """
   train_config = config.train
   num_replicas = strategy.num_replicas_in_sync
-  config_lib.validate(config, num_replicas)
   model_dir = train_config.model_dir
   chief = strategy_lib.is_chief(strategy)
   pretrain = train_config.train_mode == 'pretrain'
