@@ -96,6 +96,16 @@ def main(argv: list[str]) -> None:
       config = official_import.config_for_architecture(
           config, architecture, simclr_flags.explicit_flag_names(), config.train.checkpoint)
     data_sizes = train_lib.dataset_info(config)
+    if not data_sizes.labelled:  # Pretraining only: what needs labels is off or refused.
+      from tf_simclr import unlabelled  # pylint: disable=g-import-not-at-top
+      config, note = unlabelled.config_for_unlabelled(
+          config, simclr_flags.explicit_flag_names(),
+          where=f'--data_dir={config.data.data_dir} ({data_sizes.labels_note})')
+      if note:
+        print(note, file=sys.stderr, flush=True)
+        # flags.json and flags.txt describe the model that is trained.
+        simclr_flags.override_flags(
+            {'lineareval_while_pretraining': config.train.lineareval_while_pretraining})
     if mode in ('train', 'train_then_eval'):
       # Check the inputs before the first file goes to model_dir.
       if config.train.checkpoint and official_source is None:

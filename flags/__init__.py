@@ -110,6 +110,21 @@ def explicit_flag_names(flag_values: absl_flags.FlagValues = absl_flags.FLAGS
   return frozenset(name for name in all_flag_names() if flag_values[name].present)
 
 
+def override_flags(values: dict[str, Any],
+                   flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
+  """Sets flag values the run changed (e.g. the linear head turned off for unlabelled
+  data), so that flags.json and flags.txt describe the model that is trained; a flag
+  stays `present` (given on the command line) or not as it was."""
+  for name, value in values.items():
+    flag_values[name].value = value
+
+
+def explicit_flag_names(flag_values: absl_flags.FlagValues = absl_flags.FLAGS
+                        ) -> frozenset[str]:
+  """Names of our flags given on the command line (or in a --flagfile)."""
+  return frozenset(name for name in all_flag_names() if flag_values[name].present)
+
+
 FLAGFILE_HEADER = (
     '# The flags of a tf_simclr run, one per line (absl flagfile); to repeat the run:\n'
     '#   python run.py --flagfile=<this file>\n'

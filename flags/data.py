@@ -5,7 +5,8 @@ from absl import flags as absl_flags
 OFFICIAL_FLAGS = ('dataset', 'data_dir', 'train_split', 'eval_split',
                   'cache_dataset', 'image_size', 'eval_batch_size', 'eval_steps',
                   'color_jitter_strength', 'use_blur')
-OUR_FLAGS = ('color_jitter_impl', 'blur_impl', 'crop_fallback', 'eval_timeout_secs')
+OUR_FLAGS = ('color_jitter_impl', 'blur_impl', 'crop_fallback', 'eval_timeout_secs',
+             'image_folder_labels')
 
 
 def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
@@ -60,6 +61,13 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
       'When no random crop fits after 100 tries (an image over ~13x wider than '
       'tall, or taller than wide): the whole image, squeezed to the output (the official code), or a '
       'center crop with the aspect ratio clamped to [3/4, 4/3] (torchvision).',
+      flag_values=flag_values)
+  absl_flags.DEFINE_enum(
+      'image_folder_labels', 'auto', ['auto', 'folders', 'none'],
+      '--dataset=image_folder: folders reads classes from data_dir/<split>/<class>/; '
+      'none reads unlabelled images anywhere under data_dir/<split>/ (pretraining only: '
+      'the linear head and kNN monitor are turned off); auto picks folders when no '
+      'image lies directly in a split folder and at least two subfolders hold images.',
       flag_values=flag_values)
   absl_flags.DEFINE_float(
       'eval_timeout_secs', 3600.0,

@@ -25,6 +25,7 @@ EXPORT_WHEN = ('checkpoint', 'end', 'never')
 BLUR_IMPLS = ('per_image', 'per_batch')
 CROP_FALLBACKS = ('whole_image', 'center_crop')
 CPU_KERNELS = ('auto', 'ours', 'stock')
+IMAGE_FOLDER_LABELS = ('auto', 'folders', 'none')
 
 # Variables whose path contains one of these get neither weight decay nor LARS
 # trust-ratio adaptation (official defaults).
@@ -81,6 +82,9 @@ class DataConfig:
   # No crop fits after 100 tries (very elongated images): the whole image
   # ('whole_image', the official code) or a center crop with the aspect clamped. Ours.
   crop_fallback: str = 'whole_image'
+  # --dataset=image_folder: labels from ROOT/<split>/<class>/ ('folders'), none
+  # (images anywhere under ROOT/<split>/), or decided from the layout ('auto'). Ours.
+  image_folder_labels: str = 'auto'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +270,9 @@ def validate(config: Config, num_replicas: int = 1) -> None:
         f'--blur_impl={d.blur_impl!r} is unknown; use one of {BLUR_IMPLS}.')
   check(d.crop_fallback in CROP_FALLBACKS,
         f'--crop_fallback={d.crop_fallback!r} is unknown; use one of {CROP_FALLBACKS}.')
+  check(d.image_folder_labels in IMAGE_FOLDER_LABELS,
+        f'--image_folder_labels={d.image_folder_labels!r} is unknown; use one of '
+        f'{IMAGE_FOLDER_LABELS}.')
   check(o.optimizer in OPTIMIZERS, f'--optimizer={o.optimizer!r} is unknown; use one of {OPTIMIZERS}.')
   check(o.learning_rate_scaling in LEARNING_RATE_SCALINGS,
         f'--learning_rate_scaling={o.learning_rate_scaling!r} is unknown; use linear or sqrt.')

@@ -5,7 +5,10 @@ Sources, chosen by `DataConfig.dataset`:
   (default: TFDS_DATA_DIR or ~/tensorflow_datasets);
 - `image_folder`: `data_dir=ROOT` holding ROOT/<split>/<class>/<image> (JPEG, PNG,
   BMP, GIF), the layout of `tfds.ImageFolder`; classes are the sorted union of the
-  class folders of all splits; files that are not images are skipped and counted;
+  class folders of all splits; files that are not images are skipped and counted.
+  Unlabelled images may lie directly in ROOT/<split>/ or in nested folders whose names
+  are not classes (`DataConfig.image_folder_labels`, see `folder_layout`); they are
+  read recursively and the dataset has no classes (`DatasetInfo.num_classes == 0`);
 - `fashion_mnist_local`: the Fashion-MNIST idx files of Debian's
   `dataset-fashion-mnist` package (default `data_dir` /usr/share/datasets/fashion-mnist),
   read directly; splits `train` (60,000) and `test` (10,000).
@@ -27,13 +30,14 @@ import gzip
 import math
 import os
 import re
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from tf_simclr.config import DataConfig
+from tf_simclr.config import IMAGE_FOLDER_LABELS
 from tf_simclr.data import augment
 
 IMAGE_FOLDER = 'image_folder'
@@ -60,6 +64,13 @@ class DatasetInfo:
   source: str = 'tfds'  # 'tfds', 'image_folder' or 'fashion_mnist_local'.
   image_shape: Optional[tuple[int, int, int]] = None  # Native shape when fixed.
   num_skipped_files: int = 0  # image_folder: files of these splits skipped as unreadable.
+  # image_folder: how the labels were decided, e.g. 'folders (auto: 10 class folders)'.
+  labels_note: str = ''
+
+  @property
+  def labelled(self) -> bool:
+    """Whether the examples have class labels (False for an unlabelled image folder)."""
+    return self.num_classes > 0
 
 
 def _first_line(error: BaseException) -> str:
@@ -253,13 +264,56 @@ def _decode_image_file(path: tf.Tensor) -> tf.Tensor:
   return image
 
 
+def _has_image_files(folder: str) -> bool:
+  """Whether `folder` directly holds a file with an image extension."""
+  try:
+    return any(entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+               for entry in os.scandir(folder))
+  except OSError:
+    return False
+
+
+def folder_layout(split_dirs: Sequence[str], labels: str = 'auto') -> tuple[bool, str]:
+  """Decides whether image folders are labelled by their subfolders.
+
+  `auto` reads ROOT/<split>/<class>/<image> (labelled) when no split folder holds image
+  files directly and at least two subfolders (over all splits) hold image files
+  directly; anything else (images directly in ROOT/<split>/, images only in deeper
+  folders such as ROOT/<split>/2024/05/, or a single subfolder) is read unlabelled.
+
+  Args:
+    split_dirs: the ROOT/<split> folders.
+    labels: 'auto', 'folders' (always labelled) or 'none' (always unlabelled).
+
+  Returns:
+    (labelled, a short reason for logs, e.g. 'auto: 10 class folders').
+  """
+  if labels not in IMAGE_FOLDER_LABELS:
+    raise ValueError(f'--image_folder_labels={labels!r} is unknown; use one of '
+                     f'{", ".join(IMAGE_FOLDER_LABELS)}.')
+  if labels != 'auto':
+    return labels == 'folders', f'--image_folder_labels={labels}'
+  loose = [split_dir for split_dir in split_dirs if _has_image_files(split_dir)]
+  if loose:
+    return False, f'auto: image files directly in {loose[0]}'
+  class_names = set()
+  for split_dir in split_dirs:
+    class_names.update(entry.name for entry in os.scandir(split_dir)
+                       if entry.is_dir() and _has_image_files(entry.path))
+  if len(class_names) >= 2:
+    return True, f'auto: {len(class_names)} class folders'
+  if class_names:
+    return False, f'auto: one folder ({class_names.pop()}), not classes'
+  return False, 'auto: no folder holds image files directly'
+
+
 class _ImageFolderSource:
-  """ROOT/<split>/<class>/<image file>."""
+  """ROOT/<split>/<class>/<image file>, or unlabelled ROOT/<split>/**/<image file>."""
 
   source = IMAGE_FOLDER
   image_shape = None
 
-  def __init__(self, root: Optional[str]):
+  def __init__(self, root: Optional[str], labels: str = 'auto'):
     if not root:
       raise ValueError(f'--dataset={IMAGE_FOLDER} needs --data_dir=ROOT, a folder with '
                        f'ROOT/<split>/<class>/<image> (e.g. ../shared/data/cifar10).')
@@ -268,21 +322,53 @@ class _ImageFolderSource:
       raise FileNotFoundError(f'--data_dir={root}: no such folder; --dataset={IMAGE_FOLDER} '
                               f'reads ROOT/<split>/<class>/<image>.')
     self._split_names = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
+    self.labelled, self.labels_note = folder_layout(
+        [os.path.join(self.root, name) for name in self._split_names], labels)
     classes = set()
-    for split_name in self._split_names:
-      classes.update(entry.name for entry in os.scandir(os.path.join(self.root, split_name))
-                     if entry.is_dir())
-    if not classes:
-      raise FileNotFoundError(f'--data_dir={root}: no ROOT/<split>/<class>/ folders found; '
-                              f'--dataset={IMAGE_FOLDER} reads ROOT/<split>/<class>/<image>, '
-                              f'e.g. ROOT/train/cat/0001.jpg.')
+    if self.labelled:
+      for split_name in self._split_names:
+        classes.update(entry.name for entry in os.scandir(os.path.join(self.root, split_name))
+                       if entry.is_dir())
+      if not classes:
+        raise FileNotFoundError(f'--data_dir={root}: no ROOT/<split>/<class>/ folders found; '
+                                f'--dataset={IMAGE_FOLDER} reads ROOT/<split>/<class>/<image>, '
+                                f'e.g. ROOT/train/cat/0001.jpg (or pass '
+                                f'--image_folder_labels=none for unlabelled images).')
+    elif not self._split_names:
+      raise FileNotFoundError(f'--data_dir={root}: no ROOT/<split>/ folders found; '
+                              f'--dataset={IMAGE_FOLDER} reads ROOT/<split>/<class>/<image> or, '
+                              f'unlabelled, ROOT/<split>/<image>, e.g. ROOT/train/0001.jpg.')
     self.class_names = tuple(sorted(classes))
     self.num_classes = len(self.class_names)
     self._scanned: dict[str, _FolderSplit] = {}
+    logging.info('image_folder %s: %s (%s).', self.root,
+                 f'{self.num_classes} classes' if self.labelled else 'unlabelled',
+                 self.labels_note)
 
   @property
   def num_skipped_files(self) -> int:
     return sum(split.num_skipped for split in self._scanned.values())
+
+  def _candidates(self, split_dir: str) -> Iterator[tuple[str, int]]:
+    """(file path, label) of the files of a split folder, in a fixed order.
+
+    Labelled: the files directly in each class folder. Unlabelled: every file under
+    `split_dir`, recursively (hidden files and folders left out), label -1.
+    """
+    if self.labelled:
+      for label, class_name in enumerate(self.class_names):
+        class_dir = os.path.join(split_dir, class_name)
+        if not os.path.isdir(class_dir):
+          continue
+        for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
+          if entry.is_file():
+            yield entry.path, label
+      return
+    for folder, dir_names, file_names in os.walk(split_dir, followlinks=True):
+      dir_names[:] = sorted(name for name in dir_names if not name.startswith('.'))
+      for name in sorted(file_names):
+        if not name.startswith('.'):
+          yield os.path.join(folder, name), -1
 
   def _scan(self, split_name: str) -> _FolderSplit:
     """Lists and checks the files of one split folder (once)."""
@@ -291,22 +377,16 @@ class _ImageFolderSource:
     split_dir = os.path.join(self.root, split_name)
     paths, labels = [], []
     not_images, unreadable, examples = 0, 0, []
-    for label, class_name in enumerate(self.class_names):
-      class_dir = os.path.join(split_dir, class_name)
-      if not os.path.isdir(class_dir):
-        continue
-      for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
-        if not entry.is_file():
-          continue
-        if not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-          not_images += 1
-          examples.append(entry.path)
-        elif not _looks_like_image(entry.path):
-          unreadable += 1
-          examples.append(entry.path)
-        else:
-          paths.append(entry.path)
-          labels.append(label)
+    for file_path, label in self._candidates(split_dir):
+      if not file_path.lower().endswith(IMAGE_EXTENSIONS):
+        not_images += 1
+        examples.append(file_path)
+      elif not _looks_like_image(file_path):
+        unreadable += 1
+        examples.append(file_path)
+      else:
+        paths.append(file_path)
+        labels.append(label)
     num_skipped = not_images + unreadable
     if num_skipped:
       logging.warning(
@@ -315,10 +395,11 @@ class _ImageFolderSource:
           num_skipped + len(paths), not_images, '/'.join(IMAGE_EXTENSIONS), unreadable,
           ', '.join(examples[:3]))
     if not paths:
+      where = f'{split_dir}/<class>/' if self.labelled else f'{split_dir}/ (unlabelled)'
       raise FileNotFoundError(
-          f'--data_dir={self.root}: no readable image files in {split_dir}/<class>/ '
+          f'--data_dir={self.root}: no readable image files in {where} '
           f'({num_skipped} other files); --dataset={IMAGE_FOLDER} reads '
-          f'ROOT/<split>/<class>/*.jpg|png.')
+          f'ROOT/<split>/<class>/*.jpg|png or, unlabelled, ROOT/<split>/*.jpg|png.')
     order = np.random.RandomState(_SPLIT_ORDER_SEED).permutation(len(paths))
     scanned = _FolderSplit(np.array(paths)[order], np.array(labels, np.int64)[order], num_skipped)
     self._scanned[split_name] = scanned
@@ -425,10 +506,10 @@ class _FashionMnistSource:
 
 
 @functools.lru_cache(maxsize=8)
-def _get_source(dataset: str, data_dir: Optional[str]):
+def _get_source(dataset: str, data_dir: Optional[str], image_folder_labels: str = 'auto'):
   """The source object for a dataset name (cached: folders are scanned once)."""
   if dataset == IMAGE_FOLDER:
-    return _ImageFolderSource(data_dir)
+    return _ImageFolderSource(data_dir, image_folder_labels)
   if dataset == FASHION_MNIST_LOCAL:
     return _FashionMnistSource(data_dir)
   return _TfdsSource(dataset, data_dir)
@@ -445,7 +526,8 @@ def get_dataset_info(data_config: DataConfig, *, with_eval: bool = True) -> Data
     ValueError / FileNotFoundError: one line naming the flag and what to do, for an
       unknown dataset, missing data, or a missing split.
   """
-  source = _get_source(data_config.dataset, data_config.data_dir)
+  source = _get_source(data_config.dataset, data_config.data_dir,
+                       data_config.image_folder_labels)
   num_train = source.num_examples(data_config.train_split, 'train_split')
   num_eval = source.num_examples(data_config.eval_split, 'eval_split') if with_eval else 0
   return DatasetInfo(
@@ -455,7 +537,8 @@ def get_dataset_info(data_config: DataConfig, *, with_eval: bool = True) -> Data
       class_names=source.class_names,
       source=source.source,
       image_shape=source.image_shape,
-      num_skipped_files=source.num_skipped_files)
+      num_skipped_files=source.num_skipped_files,
+      labels_note=getattr(source, 'labels_note', ''))
 
 
 def num_eval_steps(num_examples: int, global_batch_size: int) -> int:
@@ -508,7 +591,8 @@ def build_input_fn(data_config: DataConfig,
   """
   if train_mode not in ('pretrain', 'finetune'):
     raise ValueError(f'--train_mode={train_mode!r} is unknown; use pretrain or finetune.')
-  source = _get_source(data_config.dataset, data_config.data_dir)
+  source = _get_source(data_config.dataset, data_config.data_dir,
+                       data_config.image_folder_labels)
   flag = flag or ('train_split' if is_training else 'eval_split')
   num_examples = source.num_examples(split, flag)
   num_classes = source.num_classes
