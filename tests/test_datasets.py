@@ -286,6 +286,9 @@ def test_image_folder_errors_are_one_clear_line(tmp_path):
        FileNotFoundError, 'no such folder'),
       (DataConfig(dataset='image_folder', data_dir=None), ValueError, 'needs --data_dir'),
       (DataConfig(dataset='image_folder', data_dir=str(tmp_path / 'no_classes')),
+       FileNotFoundError, 'no readable image files'),
+      (DataConfig(dataset='image_folder', data_dir=str(tmp_path / 'no_classes'),
+                  image_folder_labels='folders'),
        FileNotFoundError, 'no ROOT/<split>/<class>/ folders'),
   ]
   for config, error_type, text in cases:

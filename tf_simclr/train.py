@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import keras
@@ -39,6 +40,7 @@ from tf_simclr import optim
 from tf_simclr import precision
 from tf_simclr import progress as progress_lib
 from tf_simclr import strategy as strategy_lib
+from tf_simclr import summaries
 from tf_simclr.models import SimCLRModel, build_model
 from tf_simclr.models import kernel_choice
 
@@ -469,6 +471,8 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
             else tf.summary.create_noop_writer())
   if chief and step == 0:
     _write_augmentation_images(config, input_fn, writer, step)
+  if chief:
+    summaries.write_hparams(writer, config, step)
   knn_monitor = start_knn_monitor(config, strategy, sizes.num_classes, model, step,
                                   writer, chief, verbose)
   progress = progress_lib.Progress(total_steps, train_config.train_batch_size, step)
@@ -478,8 +482,10 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
     while step < total_steps:
       next_checkpoint = (step // checkpoint_steps + 1) * checkpoint_steps
       num_steps = min(loop_steps, next_checkpoint - step, total_steps - step)
+      loop_start = time.perf_counter()
       sums = train_loop(iterator, tf.constant(num_steps, tf.int32))
       step = int(optimizer.iterations.numpy())
+      loop_seconds = time.perf_counter() - loop_start  # The steps alone, no export.
       loop_metrics = metrics_lib.unpack(sums.numpy() / num_steps, metric_names)
       check_finite_loss(loop_metrics, step - num_steps + 1, step)
       current_lr = float(learning_rate(step))
@@ -489,6 +495,8 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
         for name, value in loop_metrics.items():
           tf.summary.scalar(f'train/{name}', value, step=step)
         tf.summary.scalar('learning_rate', current_lr, step=step)
+      summaries.write_throughput(writer, step, num_steps, loop_seconds,
+                                 train_config.train_batch_size)
       writer.flush()
       if verbose and chief:
         shown = {'loss': loop_metrics['total_loss']}
