@@ -40,6 +40,9 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument('--weight_decay', type=float, default=None,
                       help='L2 coefficient of the exported regularization losses '
                       '(default: the run\'s --weight_decay; 0 exports none).')
+  parser.add_argument('--license', default='Apache-2.0',
+                      help='Licence of the weights in the model card (SPDX name); check '
+                      'the training data\'s terms.')
   return parser.parse_args(argv)
 
 
@@ -58,7 +61,8 @@ def export_run(model_dir: Optional[str],
                *,
                checkpoint: str = 'latest',
                overwrite: bool = False,
-               weight_decay: Optional[float] = None) -> tuple[str, str]:
+               weight_decay: Optional[float] = None,
+               license_name: str = 'Apache-2.0') -> tuple[str, str]:
   """Rebuilds a run's model, restores a checkpoint and exports it.
 
   Returns:
@@ -104,7 +108,11 @@ def export_run(model_dir: Optional[str],
   if weight_decay is None:
     weight_decay = config.optim.weight_decay
   hub_export.export_encoder(model, export_dir, image_size=config.data.image_size,
-                            overwrite=overwrite, weight_decay=weight_decay)
+                            overwrite=overwrite, weight_decay=weight_decay,
+                            card_context={'config': config, 'model_dir': model_dir,
+                                          'checkpoint': checkpoint_path,
+                                          'step': checkpoints.checkpoint_step(checkpoint_path),
+                                          'license_name': license_name})
   return export_dir, checkpoint_path
 
 
@@ -148,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     export_dir, checkpoint_path = export_run(
         args.model_dir, args.export_dir, checkpoint=args.checkpoint,
-        overwrite=args.overwrite, weight_decay=args.weight_decay)
+        overwrite=args.overwrite, weight_decay=args.weight_decay, license_name=args.license)
   except (FileNotFoundError, FileExistsError, ValueError) as error:
     message = ' '.join(str(error).split())
     print(f'error: {message}', file=sys.stderr)

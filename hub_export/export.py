@@ -48,6 +48,7 @@ import keras
 
 import tensorflow as tf
 
+from hub_export import model_card
 from tf_simclr.models import resnet
 from tf_simclr.optim import variable_path
 
@@ -168,6 +169,17 @@ def build_hub_module(model: Any,
 
   @tf.function
   def call(images: tf.Tensor, training: bool = False, as_dict: bool = False) -> Any:
+    """The image feature vector (or, with `as_dict`, the dict of named endpoints).
+
+    Args:
+      images: float32 [batch, height, width, 3], RGB, values in [0, 1] (uint8 pixels
+        / 255); any height and width, best at the training size (`image_size`).
+      training: a Python bool; True uses batch statistics and updates BN moving means.
+      as_dict: a Python bool; True returns {endpoint name: float32 tensor}.
+
+    Returns:
+      float32 [batch, features] (`final_avg_pool`), or the endpoint dict.
+    """
     if as_dict:
       return endpoints_function(images, training)
     return features_function(images, training)
@@ -214,8 +226,12 @@ def export_encoder(model: Any,
                    *,
                    image_size: Optional[int] = None,
                    overwrite: bool = False,
-                   weight_decay: float = 0.0) -> str:
+                   weight_decay: float = 0.0,
+                   card_context: Optional[dict[str, Any]] = None) -> str:
   """Saves `model` as a TF Hub reusable SavedModel (see the module docstring).
+
+  The export carries a model card (README.md, model_card.json, Kaggle metadata:
+  `hub_export.model_card`), built from `model` and `card_context`.
 
   Args:
     model: a SimCLRModel (or any Keras model returning a dict with 'final_avg_pool').
@@ -225,6 +241,8 @@ def export_encoder(model: Any,
     overwrite: replace an existing `export_dir`; otherwise it is an error.
     weight_decay: L2 coefficient of the exported `regularization_losses`, which
       `hub.KerasLayer(trainable=True)` adds to the downstream loss (0: none).
+    card_context: keyword arguments of `model_card.build_card` about the run
+      (config, model_dir, checkpoint, step, command, license_name).
 
   Returns:
     `export_dir`.
@@ -247,6 +265,8 @@ def export_encoder(model: Any,
         module = build_hub_module(model, image_size=image_size, weight_decay=weight_decay)
         signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function()}
       tf.saved_model.save(module, temp_dir, signatures=signatures, options=options)
+    model_card.write_card(temp_dir, model_card.build_card(
+        model, image_size=image_size, weight_decay=weight_decay, **(card_context or {})))
     if tf.io.gfile.exists(export_dir):  # overwrite=True
       old_dir = _temp_path(export_dir)
       tf.io.gfile.rename(export_dir, old_dir)
@@ -275,7 +295,8 @@ def export_during_training(model: Any,
                            *,
                            image_size: Optional[int] = None,
                            weight_decay: float = 0.0,
-                           is_chief: bool = True) -> Optional[str]:
+                           is_chief: bool = True,
+                           card_context: Optional[dict[str, Any]] = None) -> Optional[str]:
   """Exports to `model_dir/saved_model/<step>/` and keeps the newest exports.
 
   Call it from every worker (saving may need collectives); only the chief keeps its
@@ -291,6 +312,7 @@ def export_during_training(model: Any,
     weight_decay: as in `export_encoder` (pass the run's `--weight_decay`).
     is_chief: False on non-chief workers: they save to a temporary directory that is
       deleted.
+    card_context: as in `export_encoder` (the step is added).
 
   Returns:
     The export directory (None on non-chief workers).
@@ -307,7 +329,9 @@ def export_during_training(model: Any,
       tf.io.gfile.rmtree(os.path.join(saved_model_root, name.rstrip('/')))
   export_dir = export_encoder(model, os.path.join(saved_model_root, str(step)),
                               image_size=image_size, overwrite=True,
-                              weight_decay=weight_decay)
+                              weight_decay=weight_decay,
+                              card_context={'model_dir': model_dir, 'step': step,
+                                            **(card_context or {})})
   old_steps = _step_dirs(saved_model_root)[:-keep_hub_module_max] if keep_hub_module_max > 0 else []
   for old_step in old_steps:
     tf.io.gfile.rmtree(os.path.join(saved_model_root, str(old_step)))

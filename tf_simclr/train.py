@@ -244,7 +244,7 @@ def export_hub_module(model: SimCLRModel, config: config_lib.Config, step: int,
   return export_during_training(
       model, config.train.model_dir, step, config.export.keep_hub_module_max,
       image_size=config.data.image_size, weight_decay=config.optim.weight_decay,
-      is_chief=chief)
+      is_chief=chief, card_context={'config': config})
 
 
 def _write_augmentation_images(config: config_lib.Config, input_fn: InputFn,
