@@ -168,3 +168,24 @@ def test_embed_bad_input_is_one_line_exit_2(run_and_export, tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: ') and text in lines[0], lines
     assert not out.exists()
+
+
+@pytest.mark.slow  # ~60 s idle: features of 128 images, fine-tuning on 32.
+def test_keras3_example_runs_on_fashion_mnist(run_and_export):
+  import pathlib
+  import subprocess
+  import sys
+  data_dir = pathlib.Path('/usr/share/datasets/fashion-mnist')
+  if not (data_dir / 't10k-images-idx3-ubyte.gz').exists():
+    pytest.skip('Fashion-MNIST not installed (bash scripts/quickstart_data.sh)')
+  _, export_dir = run_and_export
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  result = subprocess.run(
+      [sys.executable, str(repo / 'hub_export' / 'example_keras3.py'),
+       f'--export_dir={export_dir}', '--train_examples=64', '--test_examples=64',
+       '--linear_epochs=2', '--finetune_examples=32'],
+      cwd=repo, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  accuracies = [float(line.split('test accuracy ')[1].split()[0])
+                for line in result.stdout.splitlines() if 'test accuracy' in line]
+  assert len(accuracies) == 3 and all(0.0 <= value <= 1.0 for value in accuracies)
