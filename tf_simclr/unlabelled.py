@@ -40,8 +40,8 @@ def config_for_unlabelled(config: config_lib.Config, explicit_flags: Collection[
     raise ValueError(f'--{flag} needs labels, but {reason}; {fix}.')
 
   training = train.mode in ('train', 'train_then_eval')
-  if train.train_mode == 'finetune':
-    refuse('train_mode=finetune')
+  if train.train_mode in ('finetune', 'distill'):  # distill: the student's classes.
+    refuse(f'train_mode={train.train_mode}')
   if knn.knn_every_steps > 0:
     refuse(f'knn_every_steps={knn.knn_every_steps}')
   if knn.knn_at_eval:
