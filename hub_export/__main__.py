@@ -49,10 +49,30 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 def _num_classes(checkpoint_path: str) -> Optional[int]:
   """Classes of the supervised head stored in the checkpoint, or None without one."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  for key, shape in tf.train.list_variables(checkpoint_path):
-    if (key.startswith('model/supervised_head/') and 'kernel' in key and
-        key.endswith('.ATTRIBUTES/VARIABLE_VALUE') and len(shape) == 2):
-      return int(shape[1])
+  from tensorflow.core.protobuf import trackable_object_graph_pb2  # pylint: disable=g-import-not-at-top
+  reader = tf.train.load_checkpoint(checkpoint_path)
+  # Through the object graph: in a training checkpoint the head's kernel is stored
+  # under the optimizer's path (optimizer/_trainable_variables/N), not model/....
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+  node = graph.nodes[0]
+  for name in ('model', 'supervised_head'):
+    children = {child.local_name: child.node_id for child in node.children}
+    if name not in children:
+      return None
+    node = graph.nodes[children[name]]
+  pending, seen = [(node, '')], set()
+  while pending:
+    node, local_name = pending.pop()
+    for attribute in node.attributes:
+      if local_name in ('kernel', '_kernel') and attribute.name == 'VARIABLE_VALUE':
+        shape = reader.get_variable_to_shape_map()[attribute.checkpoint_key]
+        if len(shape) == 2:
+          return int(shape[1])
+    for child in node.children:
+      if child.node_id not in seen:
+        seen.add(child.node_id)
+        pending.append((graph.nodes[child.node_id], child.local_name))
   return None
 
 

@@ -189,3 +189,16 @@ def test_keras3_example_runs_on_fashion_mnist(run_and_export):
   accuracies = [float(line.split('test accuracy ')[1].split()[0])
                 for line in result.stdout.splitlines() if 'test accuracy' in line]
   assert len(accuracies) == 3 and all(0.0 <= value <= 1.0 for value in accuracies)
+
+
+def test_hub_export_finds_the_head_size_of_a_training_checkpoint(tmp_path):
+  """In a training checkpoint the head's kernel is stored under the optimizer's path."""
+  import keras
+  config = config_lib.Config(model=config_lib.ModelConfig(resnet_depth=18))
+  model = build_model(config, 7)
+  optimizer = keras.optimizers.SGD(0.1)
+  optimizer.build(model.trainable_variables)
+  path = tf.train.Checkpoint(model=model, optimizer=optimizer).save(str(tmp_path / 'ckpt'))
+  assert not any(key.startswith('model/supervised_head/') and 'kernel' in key
+                 for key, _ in tf.train.list_variables(path))
+  assert hub_export_main._num_classes(path) == 7  # pylint: disable=protected-access
