@@ -125,7 +125,9 @@ def main() -> None:
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     warm.fit(train_features, train_y, batch_size=64, epochs=args.linear_epochs, verbose=0)
     head.set_weights(warm.layers[-1].get_weights())
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+    # Plain SGD: optimizers with slots (momentum, Adam) fail on TFSMLayer variables in
+    # Keras 3.15 ("'..._kernel:0_momentum' is not a valid scope name").
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=['accuracy'])
     model.fit(train_x[:args.finetune_examples], train_y[:args.finetune_examples],
