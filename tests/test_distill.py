@@ -9,6 +9,7 @@ formula of the loss (tests/test_losses.py), a single-device run, an uninterrupte
 
 import dataclasses
 import glob
+import json
 import os
 import pathlib
 import shutil
@@ -310,3 +311,36 @@ def test_official_model_teacher_gives_the_official_logits(tmp_path):
     assert error < 1e-4, (path, error)
   with pytest.raises(ValueError, match='the teacher has 10 classes but --dataset=synthetic has 3'):
     distill.check_inputs(config, 3)
+
+
+@pytest.mark.slow
+def test_run_py_distill_writes_results_summaries_and_a_hub_export(image_folder, tmp_path):
+  """`run.py --train_mode=distill --mode=train_then_eval` like other modes: checkpoints,
+  TensorBoard scalars, result.json and a hub export, which then serves as a teacher
+  (about 4 min on 2 busy cores)."""
+  from tests.test_run_cli import _scalars  # pylint: disable=g-import-not-at-top
+  write_teacher(tmp_path / 'teacher', num_classes=2)
+  model_dir = tmp_path / 'student'
+  command = helpers.run_command(
+      model_dir, image_folder, '--train_mode=distill', '--mode=train_then_eval',
+      f'--teacher_checkpoint={tmp_path / "teacher"}', '--distill_label_weight=0.5',
+      '--distill_labeled_split=train[:25%]', '--train_steps=4', '--checkpoint_steps=2',
+      '--export_hub_module=end')
+  result = subprocess.run(command, cwd=REPO_ROOT, env=helpers.environment(),
+                          capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'teacher_agreement' in result.stdout
+  outcome = json.loads((model_dir / 'result.json').read_text())
+  assert outcome['global_step'] == 4 and outcome['num_examples'] == 32
+  assert 0 <= outcome['eval/label_top_1_accuracy'] <= 1
+  for tag in ('train/distill_loss', 'train/teacher_agreement', 'train/supervised_loss',
+              'train/supervised_acc', 'train/weight_decay', 'train/total_loss',
+              'learning_rate', 'eval/label_top_1_accuracy'):
+    assert _scalars(str(model_dir), tag), tag
+  assert helpers.saved_steps(model_dir) == [2, 4]
+  export_dir = model_dir / 'saved_model' / '4'
+  assert (export_dir / 'saved_model.pb').exists()
+  # The distilled student's export is a teacher in turn (distillation chains).
+  config = distill_config(tmp_path / 'next', export_dir, distill_label_weight=0.0)
+  teacher = distill.load_teacher(config, tf.distribute.OneDeviceStrategy('/cpu:0'), 2)
+  assert teacher(np.zeros((2, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)).shape == (2, 2)
