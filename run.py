@@ -95,6 +95,7 @@ def main(argv: list[str]) -> None:
               f'{official_source.kind.replace("_", " ")}: {architecture.describe()}', flush=True)
       config = official_import.config_for_architecture(
           config, architecture, simclr_flags.explicit_flag_names(), config.train.checkpoint)
+      config_lib.validate(config, strategy.num_replicas_in_sync)  # e.g. --ft_proj_selector
     data_sizes = train_lib.dataset_info(config)
     if not data_sizes.labelled:  # Pretraining only: what needs labels is off or refused.
       from tf_simclr import unlabelled  # pylint: disable=g-import-not-at-top

@@ -101,11 +101,13 @@ def export_run(model_dir: Optional[str],
 
   from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
 
+  source = None
   if checkpoint != 'latest':
     source = official_import.find_source(checkpoint)
-    if source is not None:
-      return export_official(source, export_dir, overwrite=overwrite,
-                             weight_decay=weight_decay)
+  elif model_dir and tf.io.gfile.isdir(model_dir) and tf.train.latest_checkpoint(model_dir):
+    source = official_import.find_source(model_dir, '--model_dir')  # An official run's?
+  if source is not None:
+    return export_official(source, export_dir, overwrite=overwrite, weight_decay=weight_decay)
   if not model_dir:
     raise ValueError('--model_dir is required (the training run to export), unless '
                      '--checkpoint is an official google-research/simclr model.')

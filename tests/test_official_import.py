@@ -8,6 +8,7 @@ reference. Skipped when that folder is absent.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -91,12 +92,24 @@ def official_r18(tmp_path_factory) -> pathlib.Path:
                         '--proj_out_dim=32')
 
 
-@pytest.mark.parametrize('form', ['checkpoint', 'checkpoint_dir', 'saved_model',
-                                  'saved_model_step'])
+def test_sources_resolve_to_the_variables(official_r18):
+  checkpoint = official_import.OfficialSource(str(official_r18 / 'ckpt-1'),
+                                              str(official_r18 / 'ckpt-1'), 'checkpoint')
+  variables = str(official_r18 / 'saved_model' / '1' / 'variables' / 'variables')
+  for path, expected in [(official_r18 / 'ckpt-1', checkpoint.prefix),
+                         (official_r18 / 'ckpt-1.index', checkpoint.prefix),
+                         (official_r18, checkpoint.prefix),
+                         (official_r18 / 'saved_model', variables),
+                         (official_r18 / 'saved_model' / '1', variables)]:
+    source = official_import.find_source(str(path))
+    assert source is not None and source.prefix == expected, (path, source)
+  with pytest.raises(FileNotFoundError, match='--checkpoint=.* does not exist'):
+    official_import.find_source(str(official_r18 / 'ckpt-7'))
+
+
+@pytest.mark.parametrize('form', ['checkpoint', 'saved_model'])
 def test_r18_cifar_import_matches_official(official_r18, form):
-  path = {'checkpoint': official_r18 / 'ckpt-1', 'checkpoint_dir': official_r18,
-          'saved_model': official_r18 / 'saved_model',
-          'saved_model_step': official_r18 / 'saved_model' / '1'}[form]
+  path = official_r18 / ('ckpt-1' if form == 'checkpoint' else 'saved_model')
   architecture, outputs = imported_outputs(str(path))
   assert (architecture.resnet_depth, architecture.width_multiplier, architecture.cifar_stem,
           architecture.sk_ratio, architecture.se_ratio, architecture.num_proj_layers,
@@ -179,10 +192,11 @@ def test_bad_checkpoints_are_one_line_errors(official_r18, tmp_path):
 
 # --- Slow: ResNet-50 variants (each written by the official code in ~2-4 min idle). ---
 
+# name: (official flags, expected (sk_ratio, se_ratio, classes)).
 SLOW_CONFIGS = {
-    'r50_1x': ('--resnet_depth=50',),
-    'r50_1x_sk_1000_classes': ('--resnet_depth=50', '--sk_ratio=0.0625'),
-    'r50_1x_se': ('--resnet_depth=50', '--se_ratio=0.25'),
+    'r50_1x': (('--resnet_depth=50',), (0.0, 0.0, 10)),
+    'r50_1x_sk_1000_classes': (('--resnet_depth=50', '--sk_ratio=0.0625'), (0.0625, 0.0, 1000)),
+    'r50_1x_se': (('--resnet_depth=50', '--se_ratio=0.25'), (0.0, 0.25, 10)),
 }
 
 
@@ -193,9 +207,9 @@ def official_r50(tmp_path_factory):
 
   def get(name: str) -> pathlib.Path:
     if name not in written:
-      written[name] = write_official(
-          tmp_path_factory.mktemp(name), *SLOW_CONFIGS[name], image_size=48,
-          num_classes=1000 if 'sk' in name else 10)
+      official_flags, (_, _, num_classes) = SLOW_CONFIGS[name]
+      written[name] = write_official(tmp_path_factory.mktemp(name), *official_flags,
+                                     image_size=48, num_classes=num_classes)
     return written[name]
 
   return get
@@ -208,9 +222,8 @@ def test_r50_variants_match_official(official_r50, name):
   for path in (run_dir / 'ckpt-1', run_dir / 'saved_model'):
     architecture, outputs = imported_outputs(str(path))
     assert architecture.resnet_depth == 50 and not architecture.cifar_stem
-    assert architecture.sk_ratio == (0.0625 if 'sk' in name else 0.0)
-    assert architecture.se_ratio == (0.25 if 'se' in name else 0.0)
-    assert architecture.num_classes == (1000 if 'sk' in name else 10)
+    assert (architecture.sk_ratio, architecture.se_ratio,
+            architecture.num_classes) == SLOW_CONFIGS[name][1]
     assert_matches_official(run_dir, outputs)
 
 
@@ -230,22 +243,28 @@ def test_finetune_eval_and_hub_export_of_an_official_model(official_r18, cifar10
   result = _run_py(*data, '--train_mode=finetune', f'--checkpoint={official_r18}/saved_model',
                    '--zero_init_logits_layer', '--fine_tune_after_block=2',
                    '--ft_proj_selector=1', '--train_steps=2', '--checkpoint_steps=2',
+                   '--warmup_epochs=0',
                    '--export_hub_module=never', f'--model_dir={model_dir}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'official SimCLR tf2 saved model: ResNet-18 1x' in result.stdout
   assert 'supervised head zeroed (--zero_init_logits_layer)' in result.stdout
   assert (model_dir / 'ckpt-2.index').exists()
-  import json  # pylint: disable=g-import-not-at-top
   written = json.loads((model_dir / 'flags.json').read_text())
   assert (written['resnet_depth'], written['cifar_stem'], written['proj_out_dim']) == (18, True, 32)
   # The frozen stem kept the official weights; block_group4 trained.
-  reader = tf.train.load_checkpoint(str(model_dir / 'ckpt-2'))
-  official = tf.train.load_checkpoint(str(official_r18 / 'ckpt-1'))
-  stem_key = 'model/resnet_model/initial_conv_relu_max_pool/0/conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE'
-  ours_stem = [key for key in reader.get_variable_to_shape_map()
-               if 'stem_conv2d' in key and key.endswith('kernel/.ATTRIBUTES/VARIABLE_VALUE')]
-  assert ours_stem, sorted(reader.get_variable_to_shape_map())[:20]
-  np.testing.assert_array_equal(reader.get_tensor(ours_stem[0]), official.get_tensor(stem_key))
+  source = official_import.find_source(str(official_r18 / 'ckpt-1'))
+  architecture = official_import.read_architecture(source)
+  config = official_import.config_for_architecture(config_lib.replace(
+      config_lib.Config(), model={'ft_proj_selector': 1},
+      train={'train_mode': 'finetune', 'fine_tune_after_block': 2}), architecture)
+  official_model, finetuned = build_model(config, 10), build_model(config, 10)
+  official_import.load_weights(official_model, source)
+  tf.train.Checkpoint(model=finetuned).restore(str(model_dir / 'ckpt-2')).expect_partial()
+  for layer_name, frozen in (('stem_conv2d', True), ('block_group2', True),
+                             ('block_group4', False)):
+    before = official_model.encoder.get_layer(layer_name).weights[0].numpy()
+    after = finetuned.encoder.get_layer(layer_name).weights[0].numpy()
+    assert np.array_equal(before, after) == frozen, layer_name
 
   # Evaluate the official model as it is (its own 10-class head).
   eval_dir = tmp_path / 'eval'
