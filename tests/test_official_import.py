@@ -181,7 +181,14 @@ def test_bad_checkpoints_are_one_line_errors(official_r18, tmp_path):
   other_prefix = other.save(str(tmp_path / 'other' / 'ckpt'))
   with pytest.raises(ValueError, match='neither an official SimCLR tf2 model'):
     official_import.find_source(other_prefix)
-  # The hub_export CLI: one line, exit 2, nothing written.
+
+
+@pytest.mark.slow  # ~10 s idle: one CLI process.
+def test_hub_export_cli_refuses_a_truncated_checkpoint(official_r18, tmp_path):
+  truncated = tmp_path / 'truncated'
+  shutil.copytree(official_r18, truncated, ignore=shutil.ignore_patterns('saved_model'))
+  data_file = next(truncated.glob('ckpt-1.data-*'))
+  data_file.write_bytes(data_file.read_bytes()[:data_file.stat().st_size // 2])
   export_dir = tmp_path / 'export'
   code, stderr = _hub_export_main(f'--checkpoint={truncated / "ckpt-1"}',
                                   f'--export_dir={export_dir}')
