@@ -107,7 +107,8 @@ def export_run(model_dir: Optional[str],
   elif model_dir and tf.io.gfile.isdir(model_dir) and tf.train.latest_checkpoint(model_dir):
     source = official_import.find_source(model_dir, '--model_dir')  # An official run's?
   if source is not None:
-    return export_official(source, export_dir, overwrite=overwrite, weight_decay=weight_decay)
+    return export_official(source, export_dir, overwrite=overwrite, weight_decay=weight_decay,
+                           license_name=license_name)
   if not model_dir:
     raise ValueError('--model_dir is required (the training run to export), unless '
                      '--checkpoint is an official google-research/simclr model.')
@@ -139,7 +140,8 @@ def export_run(model_dir: Optional[str],
 
 
 def export_official(source: Any, export_dir: str, *, overwrite: bool = False,
-                    weight_decay: Optional[float] = None) -> tuple[str, str]:
+                    weight_decay: Optional[float] = None,
+                    license_name: str = 'Apache-2.0') -> tuple[str, str]:
   """Exports a published google-research/simclr model (`official_import.find_source`).
 
   The architecture comes from the checkpoint; the export takes the images the
@@ -169,7 +171,10 @@ def export_official(source: Any, export_dir: str, *, overwrite: bool = False,
   if weight_decay is None:
     weight_decay = config.optim.weight_decay
   hub_export.export_encoder(model, export_dir, image_size=image_size, overwrite=overwrite,
-                            weight_decay=weight_decay)
+                            weight_decay=weight_decay,
+                            card_context={'config': config, 'checkpoint': source.path,
+                                          'step': official_import.checkpoint_step(source),
+                                          'license_name': license_name})
   return export_dir, source.path
 
 
