@@ -23,7 +23,6 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-from tf_simclr import optim  # pylint: disable=g-import-not-at-top
 from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
 
@@ -207,15 +206,9 @@ def build_train_loop(config: config_lib.Config, strategy: tf.distribute.Strategy
     (train_loop, model, optimizer).
   """
   train_config = config.train
-  with strategy.scope():
-    model = train_lib.build_model_for(config, num_classes)
-    total_steps = max(1, train_config.train_steps)
-    learning_rate = optim.WarmUpAndCosineDecay(
-        config.optim.learning_rate, total_steps * train_config.train_batch_size,
-        train_config.train_batch_size, config.optim.warmup_epochs, total_steps,
-        config.optim.learning_rate_scaling)
-    optimizer = optim.build_optimizer(config.optim, learning_rate)
-    optimizer.build(model.trainable_variables)
+  total_steps = max(1, train_config.train_steps)
+  model, optimizer, _ = train_lib.build_model_and_optimizer(
+      config, strategy, num_classes, total_steps * train_config.train_batch_size, total_steps)
   metric_names = metrics_lib.train_metric_names(train_config.train_mode == 'pretrain',
                                                 model.supervised_head is not None)
   step_fn = train_lib.build_train_step(config, model, optimizer, strategy, metric_names)

@@ -200,6 +200,23 @@ def build_model_for(config: config_lib.Config, num_classes: int) -> SimCLRModel:
     keras.config.set_dtype_policy(previous_policy)
 
 
+def build_model_and_optimizer(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                              num_classes: int, num_train_examples: int, total_steps: int
+                              ) -> tuple[SimCLRModel, keras.optimizers.Optimizer,
+                                         optim.WarmUpAndCosineDecay]:
+  """The model, its optimizer and the optimizer's warm-up + cosine learning-rate
+  schedule over `total_steps`, built in `strategy.scope()` with the optimizer's slots
+  created before the first step."""
+  with strategy.scope():
+    model = build_model_for(config, num_classes)
+    learning_rate = optim.WarmUpAndCosineDecay(
+        config.optim.learning_rate, num_train_examples, config.train.train_batch_size,
+        config.optim.warmup_epochs, total_steps, config.optim.learning_rate_scaling)
+    optimizer = optim.build_optimizer(config.optim, learning_rate)
+    optimizer.build(model.trainable_variables)
+  return model, optimizer, learning_rate
+
+
 def restore_pretrained(model: SimCLRModel, checkpoint_path: str,
                        config: config_lib.Config) -> None:
   """Loads `--checkpoint` weights into `model` (no optimizer state, no step).
@@ -414,14 +431,8 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   iterator = make_iterator(strategy, input_fn)
 
   # 2. Model and optimizer, built before the first step.
-  with strategy.scope():
-    model = build_model_for(config, sizes.num_classes)
-    learning_rate = optim.WarmUpAndCosineDecay(
-        config.optim.learning_rate, sizes.num_train_examples,
-        train_config.train_batch_size, config.optim.warmup_epochs, total_steps,
-        config.optim.learning_rate_scaling)
-    optimizer = optim.build_optimizer(config.optim, learning_rate)
-    optimizer.build(model.trainable_variables)
+  model, optimizer, learning_rate = build_model_and_optimizer(
+      config, strategy, sizes.num_classes, sizes.num_train_examples, total_steps)
   supervised = model.supervised_head is not None
   metric_names = metrics_lib.train_metric_names(pretrain, supervised)
   teacher = None
