@@ -117,8 +117,8 @@ def main() -> int:
   strategy = tf.distribute.get_strategy()
   checkpoint_path = checkpoints.resolve_checkpoint(args.model_dir, '--model_dir')
   step = checkpoints.checkpoint_step(checkpoint_path)
-  bank_fn = knn._eval_style_input_fn(config, config.data.train_split)  # pylint: disable=protected-access
-  query_fn = knn._eval_style_input_fn(config, config.data.eval_split)  # pylint: disable=protected-access
+  bank_fn = data_lib.eval_input_fn(config, split=config.data.train_split)
+  query_fn = data_lib.eval_input_fn(config)
 
   results = {}
   for name, path in (('random_init', None), ('pretrained', checkpoint_path)):

@@ -37,15 +37,6 @@ NO_LINEAR_EVAL = ('not available: the checkpoint has no trained supervised head 
                   '--lineareval_while_pretraining')
 
 
-def eval_input_fn(config: config_lib.Config, *, two_views: bool = False) -> InputFn:
-  """The eval-split input function: one view, finite and padded (or two views)."""
-  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
-  return data_lib.build_input_fn(
-      config.data, split=config.data.eval_split, is_training=two_views,
-      train_mode='pretrain' if two_views else 'finetune',
-      global_batch_size=config.train.eval_batch_size, seed=config.train.seed)
-
-
 def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
              checkpoint_path: Optional[str] = None, *,
              input_fn: Optional[InputFn] = None,
@@ -131,11 +122,12 @@ def _evaluate_model(config: config_lib.Config, strategy: tf.distribute.Strategy,
                     input_fn: Optional[InputFn], write_results: bool,
                     verbose: bool) -> dict[str, Any]:
   """Runs the eval split through `model`; see `evaluate`."""
+  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
   train_config = config.train
   regularization_loss = float(optim.weight_decay_loss(model, config.optim))
 
   if has_head:
-    input_fn = input_fn or eval_input_fn(config)
+    input_fn = input_fn or data_lib.eval_input_fn(config)
     names = ('count', 'top_1', 'top_5')
 
     def eval_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
@@ -146,7 +138,7 @@ def _evaluate_model(config: config_lib.Config, strategy: tf.distribute.Strategy,
                        metrics_lib.top_k_correct(batch['label'], logits, mask, 5)])
     max_steps = train_config.eval_steps or None
   else:
-    input_fn = input_fn or eval_input_fn(config, two_views=True)
+    input_fn = input_fn or data_lib.eval_input_fn(config, two_views=True)
     names = ('count', 'contrast_loss', 'contrast_acc', 'contrast_entropy')
 
     def eval_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:

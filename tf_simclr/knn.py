@@ -166,14 +166,6 @@ def extract_features(feature_fn: FeatureFn, strategy: tf.distribute.Strategy,
   return features, labels
 
 
-def _eval_style_input_fn(config: config_lib.Config, split: str) -> InputFn:
-  """One unaugmented pass over `split` (center crop as at eval), padded batches."""
-  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
-  return data_lib.build_input_fn(
-      config.data, split=split, is_training=False, train_mode='finetune',
-      global_batch_size=config.train.eval_batch_size, seed=config.train.seed)
-
-
 class KnnMonitor:
   """kNN top-1 of a model: bank = train split, queries = eval split (both unaugmented).
 
@@ -197,8 +189,10 @@ class KnnMonitor:
     self.knn_config = config.knn
     self.strategy = strategy
     self.num_classes = num_classes
-    self.bank_input_fn = bank_input_fn or _eval_style_input_fn(config, config.data.train_split)
-    self.query_input_fn = query_input_fn or _eval_style_input_fn(config, config.data.eval_split)
+    from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
+    self.bank_input_fn = bank_input_fn or data_lib.eval_input_fn(
+        config, split=config.data.train_split)
+    self.query_input_fn = query_input_fn or data_lib.eval_input_fn(config)
     self._cached_model: Any = None
     self._cached_step: Any = None
 

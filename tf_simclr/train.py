@@ -58,15 +58,13 @@ def dataset_info(config: config_lib.Config) -> Any:
 
 
 def train_input_fn(config: config_lib.Config) -> InputFn:
-  """The training input function of the data module for `config`."""
+  """The training input function for `config`: `tf_simclr.data.train_input_fn`, or
+  distillation's pair of inputs."""
   if config.train.train_mode == 'distill':
     from tf_simclr import distill  # pylint: disable=g-import-not-at-top
     return distill.train_input_fn(config)
   from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
-  return data_lib.build_input_fn(
-      config.data, split=config.data.train_split, is_training=True,
-      train_mode=config.train.train_mode,
-      global_batch_size=config.train.train_batch_size, seed=config.train.seed)
+  return data_lib.train_input_fn(config)
 
 
 def input_options(strategy: tf.distribute.Strategy) -> Optional[tf.distribute.InputOptions]:
