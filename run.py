@@ -4,14 +4,18 @@
       --image_size=32 --resnet_depth=18 --model_dir=/tmp/simclr ...
 
 The flags are those of google-research/simclr tf2/run.py (see `flags/`). Exit codes:
-0 done; 2 bad input (flags, data, checkpoints: one line `error: ...` on stderr, and
-nothing left in --model_dir by this run); 3 the training loss became NaN/Inf (the last
-good checkpoint is kept); 4 a multi-worker collective failed or timed out
-(--collective_timeout_secs: a worker died; restart all workers to resume); 143 stopped by SIGTERM after saving a checkpoint (run the
+0 done; 2 bad input (flags, data, checkpoints, an unusable --model_dir, or a file
+system error before anything was trained: one line `error: ...` on stderr, and nothing
+left in --model_dir by this run); 1 a file system error (e.g. disk full) after this run
+saved a checkpoint (one line; that checkpoint is kept); 3 the training loss became
+NaN/Inf (the last good checkpoint is kept); 4 a multi-worker collective failed or timed
+out (--collective_timeout_secs: a worker died; restart all workers to resume); 130
+stopped by Ctrl-C and 143 by SIGTERM, after saving a checkpoint when training (run the
 same command again to resume).
 """
 
 import os
+import signal
 import sys
 
 import tf_simclr  # First: turns on the oneDNN CPU kernels before TensorFlow loads.
@@ -26,6 +30,8 @@ EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE_LOSS = 3
 EXIT_WORKER_LOST = 4
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, as if killed by it, but with a checkpoint saved.
+EXIT_INTERRUPTED = 130  # 128 + SIGINT (Ctrl-C); a checkpoint saved when training.
+EXIT_RUNTIME_ERROR = 1  # A file system error after this run wrote a checkpoint.
 
 
 def fail(message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
@@ -35,15 +41,33 @@ def fail(message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
 
 
 def _remove_new_files(model_dir: str, before: set[str]) -> None:
-  """Removes what this run added to `model_dir` (and the folder if it is empty now)."""
-  if not os.path.isdir(model_dir):
+  """Removes the files this run added to `model_dir` (and the folder if it is empty now)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not tf.io.gfile.isdir(model_dir):
     return
-  for name in set(os.listdir(model_dir)) - before:
+  for name in set(_list_dir(model_dir)) - before:
     path = os.path.join(model_dir, name)
-    if os.path.isfile(path):
-      os.remove(path)
-  if not os.listdir(model_dir):
-    os.rmdir(model_dir)
+    if not tf.io.gfile.isdir(path):
+      tf.io.gfile.remove(path)
+  if not _list_dir(model_dir):
+    tf.io.gfile.remove(model_dir)
+
+
+def _list_dir(directory: str) -> list[str]:
+  """Names in `directory` (any tf.io.gfile path); [] when it is not a directory."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not tf.io.gfile.isdir(directory):
+    return []
+  return [name.rstrip('/') for name in tf.io.gfile.listdir(directory)]
+
+
+def _read_text(path: str) -> str | None:
+  """The text of the file at `path` (any tf.io.gfile path), or None when it is missing."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+    return None
+  with tf.io.gfile.GFile(path) as text_file:
+    return text_file.read()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -76,12 +100,45 @@ def main(argv: list[str]) -> None:
 
   mode = config.train.mode
   model_dir = config.train.model_dir
-  files_before = set(os.listdir(model_dir)) if os.path.isdir(model_dir) else set()
+  chief = strategy_lib.is_chief(strategy)
+  if mode != 'eval':
+    _check_model_dir(model_dir)
+  files_before = set(_list_dir(model_dir))
   flags_path = os.path.join(model_dir, 'flags.json')
-  flags_before = open(flags_path).read() if os.path.isfile(flags_path) else None
+  flags_before = _read_text(flags_path)
   flagfile_path = os.path.join(model_dir, 'flags.txt')
-  flagfile_before = open(flagfile_path).read() if os.path.isfile(flagfile_path) else None
+  flagfile_before = _read_text(flagfile_path)
   checkpoint_before = checkpoints.latest_complete_checkpoint(model_dir)
+
+  def nothing_trained() -> bool:
+    return (mode != 'eval' and chief and
+            checkpoints.latest_complete_checkpoint(model_dir) == checkpoint_before)
+
+  def undo_failed_start() -> None:
+    """Nothing trained: leave model_dir as it was (no flags.json of a failed start)."""
+    if not nothing_trained():
+      return
+    try:
+      _remove_new_files(model_dir, files_before)
+      if flags_before is not None and _read_text(flags_path) != flags_before:
+        # write_json_atomic adds the final newline back.
+        checkpoints.write_json_atomic(flags_path, flags_before.removesuffix('\n'))
+      if flagfile_before is not None and _read_text(flagfile_path) != flagfile_before:
+        checkpoints.write_text_atomic(flagfile_path, flagfile_before)
+    except (OSError, tf.errors.OpError):
+      pass  # The cause itself (e.g. a read-only or full disk): nothing more to undo.
+
+  def fail_on_io_error(error: BaseException) -> None:
+    """One line for a file system error (disk full, permissions, unreadable file)."""
+    trained = not nothing_trained()
+    undo_failed_start()
+    latest = checkpoints.latest_complete_checkpoint(model_dir) if chief else None
+    advice = (f'the last checkpoint {latest} is kept: fix the cause (e.g. free disk space) '
+              'and run the same command to resume.' if latest else
+              'fix the cause (disk space, permissions, the files named) and run again.')
+    fail(f'{_describe_error(error)}; {advice}', EXIT_RUNTIME_ERROR if trained else
+         EXIT_BAD_INPUT)
+
   try:
     official_source = None
     if config.train.checkpoint:
@@ -96,6 +153,10 @@ def main(argv: list[str]) -> None:
       config = official_import.config_for_architecture(
           config, architecture, simclr_flags.explicit_flag_names(), config.train.checkpoint)
       config_lib.validate(config, strategy.num_replicas_in_sync)  # e.g. --ft_proj_selector
+    if mode in ('train', 'train_then_eval') and checkpoint_before:
+      # Resuming: the flags that the checkpoint depends on must not have changed.
+      for note in checkpoints.check_resume_flags(checkpoint_before, config):
+        print(note, file=sys.stderr, flush=True)
     data_sizes = train_lib.dataset_info(config)
     if not data_sizes.labelled:  # Pretraining only: what needs labels is off or refused.
       from tf_simclr import unlabelled  # pylint: disable=g-import-not-at-top
@@ -119,7 +180,7 @@ def main(argv: list[str]) -> None:
         checkpoints.check_compatible(checkpoint_before, config)
       # The files describe the model built: for an official --checkpoint, its structure.
       model_override = config.model if official_source else None
-      if strategy_lib.is_chief(strategy):
+      if chief:
         checkpoints.write_json_atomic(os.path.join(model_dir, 'flags.json'),
                                       simclr_flags.flags_to_json(model_config=model_override))
         # A flagfile that repeats this run: python run.py --flagfile=MODEL_DIR/flags.txt
@@ -133,26 +194,25 @@ def main(argv: list[str]) -> None:
     elif mode == 'eval':
       evaluate_lib.evaluate_continuously(config, strategy, data_sizes=data_sizes)
   except (ValueError, FileNotFoundError) as error:
-    if (mode != 'eval' and strategy_lib.is_chief(strategy) and
-        checkpoints.latest_complete_checkpoint(model_dir) == checkpoint_before):
-      # Nothing trained: leave model_dir as it was (no flags.json of a failed start).
-      _remove_new_files(model_dir, files_before)
-      if flags_before is not None and (not os.path.isfile(flags_path) or
-                                       open(flags_path).read() != flags_before):
-        # write_json_atomic adds the final newline back.
-        checkpoints.write_json_atomic(flags_path, flags_before.removesuffix('\n'))
-      if flagfile_before is not None and open(flagfile_path).read() != flagfile_before:
-        checkpoints.write_text_atomic(flagfile_path, flagfile_before)
+    undo_failed_start()
     fail(str(error))
   except train_lib.NonFiniteLossError as error:
     fail(str(error), EXIT_NON_FINITE_LOSS)
   except train_lib.TrainingPreempted as error:
     print(f'preempted: {error}', file=sys.stderr, flush=True)
-    sys.exit(EXIT_PREEMPTED)
+    sys.exit(EXIT_INTERRUPTED if error.signal_number == signal.SIGINT else EXIT_PREEMPTED)
+  except KeyboardInterrupt:
+    # Ctrl-C outside the training loop (or twice): nothing half-written is kept.
+    undo_failed_start()
+    if chief and mode != 'eval':
+      checkpoints.remove_partial_saves(model_dir)
+    latest = checkpoints.latest_complete_checkpoint(model_dir) if chief else None
+    fail('interrupted (Ctrl-C)' + (f'; the last checkpoint {latest} is kept: run the same '
+                                   'command to resume.' if latest else '.'), EXIT_INTERRUPTED)
   except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
           tf.errors.AbortedError, tf.errors.CancelledError) as error:
     if strategy_lib.num_workers(strategy) <= 1:
-      raise
+      fail_on_io_error(error)
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and not
              line.strip().startswith(('Graph execution error', 'Detected at node', 'File '))]
     reason = lines[0][:200] if lines else type(error).__name__
@@ -161,6 +221,37 @@ def main(argv: list[str]) -> None:
           f'{config.infra.collective_timeout_secs:g}); restart all workers with the same '
           'command to resume from the last checkpoint.', file=sys.stderr, flush=True)
     os._exit(EXIT_WORKER_LOST)  # Collective threads may still block a normal exit.
+  except (OSError, tf.errors.OpError) as error:
+    fail_on_io_error(error)
+
+
+def _describe_error(error: BaseException) -> str:
+  """'TypeName: first meaningful line' of an OSError or TF error (no TF graph context)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip() and not
+           line.strip().startswith(('Graph execution error', 'Detected at node', 'File ',
+                                    '[[', 'Traceback'))]
+  reason = lines[0][:300] if lines else ''
+  return f'{type(error).__name__}: {reason}' if reason else type(error).__name__
+
+
+def _check_model_dir(model_dir: str) -> None:
+  """Exits with one line when --model_dir is a file, is under a file or (locally) is
+  not writable (nothing is created)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
+    fail(f'--model_dir={model_dir} is a file; pass a folder (new, or of a run to resume).')
+  existing = model_dir
+  while existing and not tf.io.gfile.exists(existing):
+    parent = os.path.dirname(existing.rstrip('/'))
+    if parent == existing or parent.endswith(':/') or not parent:
+      existing = ''
+      break
+    existing = parent
+  if existing and existing != model_dir and not tf.io.gfile.isdir(existing):
+    fail(f'--model_dir={model_dir} is under {existing}, which is a file; pass a folder path.')
+  if existing and '://' not in existing and not os.access(existing, os.W_OK | os.X_OK):
+    fail(f'--model_dir={model_dir}: {existing} is not writable; pass a folder you can write '
+         'to.')
 
 
 def cli() -> None:

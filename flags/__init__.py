@@ -163,11 +163,12 @@ def config_from_flags_json(path: Union[str, os.PathLike[str]]
     FileNotFoundError: the file does not exist.
     ValueError: one line naming the file and flag, for a bad value or bad JSON.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   try:
-    with open(path, encoding='utf-8') as json_file:
+    with tf.io.gfile.GFile(path) as json_file:
       values = json.load(json_file)
-  except FileNotFoundError:
+  except (FileNotFoundError, tf.errors.NotFoundError):
     raise FileNotFoundError(
         f'{path} not found: pass the model_dir of a run that wrote flags.json.'
     ) from None

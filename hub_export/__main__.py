@@ -47,32 +47,16 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def _num_classes(checkpoint_path: str) -> Optional[int]:
-  """Classes of the supervised head stored in the checkpoint, or None without one."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow.core.protobuf import trackable_object_graph_pb2  # pylint: disable=g-import-not-at-top
-  reader = tf.train.load_checkpoint(checkpoint_path)
-  # Through the object graph: in a training checkpoint the head's kernel is stored
-  # under the optimizer's path (optimizer/_trainable_variables/N), not model/....
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
-  node = graph.nodes[0]
-  for name in ('model', 'supervised_head'):
-    children = {child.local_name: child.node_id for child in node.children}
-    if name not in children:
-      return None
-    node = graph.nodes[children[name]]
-  pending, seen = [(node, '')], set()
-  while pending:
-    node, local_name = pending.pop()
-    for attribute in node.attributes:
-      if local_name in ('kernel', '_kernel') and attribute.name == 'VARIABLE_VALUE':
-        shape = reader.get_variable_to_shape_map()[attribute.checkpoint_key]
-        if len(shape) == 2:
-          return int(shape[1])
-    for child in node.children:
-      if child.node_id not in seen:
-        seen.add(child.node_id)
-        pending.append((graph.nodes[child.node_id], child.local_name))
+  """Classes of the supervised head stored in the checkpoint, or None without one.
+
+  Looked up through the checkpoint's object graph: the real training loop stores the
+  head's weights under `optimizer/_trainable_variables/N`, not `model/...`.
+  """
+  from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
+  shapes = checkpoints.object_variable_shapes(checkpoint_path, ('model', 'supervised_head'))
+  kernels = [shape for shape in shapes.values() if len(shape) == 2]
+  if kernels:
+    return int(kernels[0][-1])
   return None
 
 
@@ -116,9 +100,11 @@ def export_run(model_dir: Optional[str],
     raise FileNotFoundError(f'--model_dir={model_dir} does not exist; pass the directory '
                             'of a training run.')
   config = run_flags.config_from_flags_json(os.path.join(model_dir, 'flags.json'))
-  if tf.io.gfile.exists(export_dir) and not overwrite:
-    raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '
-                          'to replace it or choose another directory.')
+  if tf.io.gfile.exists(export_dir):
+    if not overwrite:
+      raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '
+                            'to replace it or choose another directory.')
+    hub_export.check_replaceable_export(export_dir)  # Before any work: never a run dir.
   if checkpoint == 'latest':
     checkpoint_path = tf.train.latest_checkpoint(model_dir)
     if checkpoint_path is None:

@@ -238,7 +238,8 @@ def export_encoder(model: Any,
     export_dir: the directory to create (local path or any tf.io.gfile filesystem).
     image_size: the training image size, recorded as the `image_size` attribute
       (the input still takes any height and width).
-    overwrite: replace an existing `export_dir`; otherwise it is an error.
+    overwrite: replace an existing `export_dir` that is an earlier SavedModel export
+      (anything else is an error); otherwise it is an error.
     weight_decay: L2 coefficient of the exported `regularization_losses`, which
       `hub.KerasLayer(trainable=True)` adds to the downstream loss (0: none).
     card_context: keyword arguments of `model_card.build_card` about the run
@@ -248,12 +249,15 @@ def export_encoder(model: Any,
     `export_dir`.
 
   Raises:
-    FileExistsError: `export_dir` exists and `overwrite` is False.
+    FileExistsError: `export_dir` exists and `overwrite` is False, or it is not an
+      earlier SavedModel export (e.g. a run's model_dir): that is never replaced.
   """
   export_dir = export_dir.rstrip('/') or '/'
-  if tf.io.gfile.exists(export_dir) and not overwrite:
-    raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '
-                          'to replace it or choose another directory.')
+  if tf.io.gfile.exists(export_dir):
+    if not overwrite:
+      raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '
+                            'to replace it or choose another directory.')
+    check_replaceable_export(export_dir)
   parent = os.path.dirname(export_dir)
   if parent:
     tf.io.gfile.makedirs(parent)
@@ -269,15 +273,95 @@ def export_encoder(model: Any,
         model, image_size=image_size, weight_decay=weight_decay, **(card_context or {})))
     if tf.io.gfile.exists(export_dir):  # overwrite=True
       old_dir = _temp_path(export_dir)
-      tf.io.gfile.rename(export_dir, old_dir)
-      tf.io.gfile.rename(temp_dir, export_dir)
+      rename_directory(export_dir, old_dir)
+      rename_directory(temp_dir, export_dir)
       tf.io.gfile.rmtree(old_dir)
     else:
-      tf.io.gfile.rename(temp_dir, export_dir)
+      rename_directory(temp_dir, export_dir)
   finally:
     if tf.io.gfile.exists(temp_dir):
       tf.io.gfile.rmtree(temp_dir)
   return export_dir
+
+
+# What `tf.saved_model.save` writes; --overwrite replaces a folder holding nothing else.
+_SAVED_MODEL_FILES = frozenset({'saved_model.pb', 'saved_model.pbtxt', 'fingerprint.pb',
+                                'keras_metadata.pb'})
+_SAVED_MODEL_FOLDERS = frozenset({'variables', 'assets'})
+_VARIABLES_FILE = re.compile(r'variables\.(index|data-\d{5}-of-\d{5})')
+
+
+def _names(directory: str) -> list[str]:
+  return [name.rstrip('/') for name in tf.io.gfile.listdir(directory)]
+
+
+def is_saved_model_export(path: str) -> bool:
+  """Whether `path` is a folder holding one SavedModel and nothing else.
+
+  That is `saved_model.pb` (or .pbtxt), optionally `fingerprint.pb`, a `variables/`
+  folder of `variables.index` / `variables.data-*` files and an `assets/` folder of
+  files. A run's model_dir, a folder above one, or any other files do not qualify.
+  """
+  if not tf.io.gfile.isdir(path):
+    return False
+  names = set(_names(path))
+  if not names & {'saved_model.pb', 'saved_model.pbtxt'}:
+    return False
+  for name in names:
+    child = os.path.join(path, name)
+    if name in _SAVED_MODEL_FILES:
+      if tf.io.gfile.isdir(child):
+        return False
+    elif name in _SAVED_MODEL_FOLDERS:
+      if not tf.io.gfile.isdir(child):
+        return False
+      for entry in _names(child):
+        if tf.io.gfile.isdir(os.path.join(child, entry)):
+          return False
+        if name == 'variables' and not _VARIABLES_FILE.fullmatch(entry):
+          return False
+    else:
+      return False
+  return True
+
+
+def check_replaceable_export(export_dir: str) -> None:
+  """Raises FileExistsError unless `export_dir` is an earlier SavedModel export.
+
+  `--overwrite` must never delete a run directory, its parent or anything else that
+  is not an export (e.g. `--export_dir` set to the model_dir by mistake).
+  """
+  if is_saved_model_export(export_dir):
+    return
+  if not tf.io.gfile.isdir(export_dir):
+    what = 'a file'
+  else:
+    names = sorted(_names(export_dir))
+    shown = ', '.join(names[:4]) + (f' and {len(names) - 4} more' if len(names) > 4 else '')
+    what = f'a folder holding {shown}' if names else 'an empty folder'
+  raise FileExistsError(
+      f'--export_dir={export_dir} is {what}, not a SavedModel export; --overwrite only '
+      'replaces an earlier export: choose another --export_dir (nothing was changed).')
+
+
+def rename_directory(source: str, target: str) -> None:
+  """Moves the folder `source` to `target` (which must not exist), on any file system.
+
+  A local rename is atomic. Object stores (gs://) have no folder rename (TensorFlow
+  copies object by object) and TF's ram:// file system renames only the folder entry,
+  leaving its files behind; there the files are copied, then `source` is deleted.
+  """
+  if '://' not in source or source.startswith('file://'):
+    tf.io.gfile.rename(source, target)
+    return
+  for directory, _, files in tf.io.gfile.walk(source):
+    relative = directory[len(source):].strip('/')
+    target_directory = os.path.join(target, relative) if relative else target
+    tf.io.gfile.makedirs(target_directory)
+    for name in files:
+      tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target_directory, name),
+                       overwrite=True)
+  tf.io.gfile.rmtree(source)
 
 
 def _step_dirs(saved_model_root: str) -> list[int]:

@@ -357,32 +357,55 @@ def test_cli_exports_restored_weights(tmp_path):
   assert int(loaded.image_size) == IMAGE_SIZE
 
 
+def _tree(root):
+  return sorted((str(path.relative_to(root)), path.read_bytes() if path.is_file() else None)
+                for path in root.rglob('*'))
+
+
 @pytest.mark.parametrize('case', ['no_model_dir', 'no_flags', 'no_checkpoint', 'bad_checkpoint',
-                                  'export_exists'])
+                                  'export_exists', 'overwrite_model_dir', 'overwrite_parent',
+                                  'overwrite_other_files', 'overwrite_file'])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
   model_dir, export_dir = tmp_path / 'run', tmp_path / 'export'
-  args = [f'--model_dir={model_dir}', f'--export_dir={export_dir}']
   config = config_lib.Config(train=config_lib.TrainConfig(model_dir=str(model_dir),
                                                           train_steps=1))
   if case != 'no_model_dir':
     model_dir.mkdir()
-  if case in ('no_checkpoint', 'bad_checkpoint', 'export_exists'):
+  if case not in ('no_model_dir', 'no_flags'):
     (model_dir / 'flags.json').write_text(json.dumps(config.flat_dict()))
-  if case == 'bad_checkpoint':
-    args.append(f'--checkpoint={model_dir}/ckpt-99')
   if case == 'export_exists':
     export_dir.mkdir()
+  # --overwrite never deletes what is not an earlier export: the run itself, the
+  # folder above it, an export folder with other files in it, a file.
+  export_dir = {'overwrite_model_dir': model_dir, 'overwrite_parent': tmp_path}.get(
+      case, export_dir)
+  if case == 'overwrite_other_files':
+    hub_export.export_encoder(_small_model(), str(export_dir))
+    (export_dir / 'notes.txt').write_text('mine')
+  if case == 'overwrite_file':
+    export_dir.write_text('mine')
+  args = [f'--model_dir={model_dir}', f'--export_dir={export_dir}']
+  if case == 'bad_checkpoint':
+    args.append(f'--checkpoint={model_dir}/ckpt-99')
+  if case.startswith('overwrite_'):
+    args.append('--overwrite')
   expected = {
       'no_model_dir': '--model_dir=',
       'no_flags': 'flags.json not found',
       'no_checkpoint': 'holds no checkpoint',
       'bad_checkpoint': '--checkpoint=',
       'export_exists': 'already exists; pass --overwrite',
+      'overwrite_model_dir': 'is a folder holding flags.json, not a SavedModel export',
+      'overwrite_parent': 'is a folder holding run, not a SavedModel export',
+      'overwrite_other_files': 'not a SavedModel export',
+      'overwrite_file': 'is a file, not a SavedModel export',
   }[case]
+  before = _tree(tmp_path)
   assert hub_export_main.main(args) == 2
   error = capsys.readouterr().err.strip()
   assert error.startswith('error: ') and expected in error, error
   assert len(error.splitlines()) == 1
+  assert _tree(tmp_path) == before
 
 
 # --- A model trained under MirroredStrategy (synchronized BN), fine-tuned without one. ---

@@ -302,6 +302,7 @@ def _write_run_dir(model_dir: pathlib.Path, with_flags: bool = True) -> None:
     checkpoints.write_json_atomic(str(model_dir / 'flags.json'),
                                   {'resnet_depth': 18, 'proj_out_dim': 16,
                                    'dataset': 'image_folder', 'image_size': 16,
+                                   'train_batch_size': 8,
                                    'model_dir': str(model_dir)})
 
 
@@ -325,7 +326,10 @@ def _bad_input_cases(root: pathlib.Path, image_folder: pathlib.Path):
       ('not_divisible', run('not_divisible', '--num_cpu_devices=2', '--train_batch_size=3'),
        '--train_batch_size=3 is not divisible by the 2 replicas'),
       ('other_arch', run('other_arch', '--resnet_depth=34'),
-       'has resnet_depth 18 but --resnet_depth=34'),
+       'started with --resnet_depth=18 (now 34); these flags cannot change'),
+      # Resuming with another batch size: refused before flags.json is replaced.
+      ('changed_batch', run('changed_batch', '--train_batch_size=16', '--train_steps=20'),
+       '--train_batch_size=8 (now 16); these flags cannot change when a run resumes'),
       ('empty_folder', run('empty_folder', data=empty), 'no readable image files'),
       ('unreadable_folder', run('unreadable_folder', data=garbage),
        'no readable image files'),
@@ -375,6 +379,7 @@ def _run_bad_inputs(cases, root):
 
 def test_bad_input_is_one_line_exit_2_and_leaves_model_dir_alone(image_folder, tmp_path):
   _write_run_dir(tmp_path / 'other_arch')
+  _write_run_dir(tmp_path / 'changed_batch')
   _run_bad_inputs(_bad_input_cases(tmp_path, image_folder), tmp_path)
 
 
@@ -418,3 +423,72 @@ def test_multi_worker_run_fails_within_the_collective_timeout_when_a_worker_dies
   assert len(errors) == 1 and 'restart all workers' in errors[0], log[-3000:]
   assert waited < 90, waited
   print(f'worker 0 stopped {waited:.0f} s after worker 1 {failure}: {errors[0][:220]}')
+
+
+# --- Unreadable checkpoints, empty splits, unusable model_dir: one line each. ---
+
+
+def test_unreadable_checkpoints_are_one_line_and_resume_falls_back(tmp_path):
+  variable = tf.Variable(tf.zeros([1000]))
+  checkpoint = tf.train.Checkpoint(v=variable)
+  saver = checkpoints.CheckpointSaver(checkpoint, str(tmp_path), 5,
+                                      tf.distribute.OneDeviceStrategy('/cpu:0'))
+  for number in (1, 2, 3):
+    variable.assign(tf.fill([1000], float(number)))
+    saver.save(number)
+  data = glob.glob(str(tmp_path / 'ckpt-3.data-*'))[0]
+  with open(data, 'r+b') as data_file:
+    data_file.truncate(1000)  # ckpt-3 truncated: its index still reads.
+  # Resuming falls back to the newest readable checkpoint and says so.
+  path, notes = saver.restore_latest()
+  assert path == str(tmp_path / 'ckpt-2') and float(variable[0]) == 2.0
+  assert len(notes) == 1 and 'ckpt-3 is truncated or corrupt' in notes[0], notes
+  # --checkpoint=<truncated> / <garbage>: one line, not IndexError / OpError.
+  with pytest.raises(checkpoints.UnreadableCheckpointError, match='truncated or corrupt'):
+    checkpoints.restore_or_explain(checkpoint, str(tmp_path / 'ckpt-3'))
+  (tmp_path / 'garbage.index').write_bytes(b'not a checkpoint' * 4)
+  with pytest.raises(ValueError, match='garbage is not a readable checkpoint') as error:
+    checkpoints.resolve_checkpoint(str(tmp_path / 'garbage'))
+  assert '\n' not in str(error.value)
+  for number in (1, 2):
+    with open(glob.glob(str(tmp_path / f'ckpt-{number}.data-*'))[0], 'r+b') as data_file:
+      data_file.truncate(1000)
+  with pytest.raises(ValueError, match='no readable checkpoint'):
+    saver.restore_latest()
+
+
+def test_empty_or_unused_splits(tmp_path):
+  """Empty splits fail on one line naming the flag; an unused eval split is not read."""
+  root = helpers.write_image_folder(tmp_path / 'data', per_class=2, size=8)
+  data = config_lib.DataConfig(dataset='image_folder', data_dir=str(root),
+                               train_split='train', eval_split='test', image_size=8)
+  config = config_lib.replace(train_fixtures.tiny_config(str(tmp_path / 'run')),
+                              data=dataclasses.asdict(data))
+  assert train_lib.dataset_info(config).num_train_examples == 4
+  with pytest.raises(ValueError, match=r'--train_split=train\[:0\] selects no examples'):
+    train_lib.dataset_info(config_lib.replace(config, data={'train_split': 'train[:0]'}))
+  evaluating = config_lib.replace(config, train={'mode': 'train_then_eval'},
+                                  data={'eval_split': 'test[:0]'})
+  with pytest.raises(ValueError, match=r'--eval_split=test\[:0\] selects no examples'):
+    train_lib.dataset_info(evaluating)
+  # --mode=train never reads the eval split: the default 'validation' need not exist.
+  training = config_lib.replace(config, train={'mode': 'train'},
+                                data={'eval_split': 'validation'})
+  assert train_lib.dataset_info(training).num_eval_examples == 0
+  with pytest.raises(ValueError, match="has no split 'validation'"):
+    train_lib.dataset_info(config_lib.replace(training, train={'mode': 'train_then_eval'}))
+
+
+def test_unusable_model_dir_is_one_line(tmp_path, capsys):
+  import run  # pylint: disable=g-import-not-at-top
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('mine')
+  for model_dir, message in ((a_file, 'is a file'),
+                             (a_file / 'run', f'is under {a_file}, which is a file')):
+    with pytest.raises(SystemExit) as exit_:
+      run._check_model_dir(str(model_dir))  # pylint: disable=protected-access
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith('error: --model_dir=') and message in error, error
+  run._check_model_dir(str(tmp_path / 'new' / 'run'))  # pylint: disable=protected-access
+  assert sorted(os.listdir(tmp_path)) == ['a_file']  # nothing created

@@ -205,3 +205,41 @@ def test_write_json_atomic_leaves_no_temp_files(tmp_path):
   checkpoints.write_json_atomic(str(path), {'a': np.float32(0.5), 'b': np.int64(3)})
   assert json.load(open(path)) == {'a': 0.5, 'b': 3}
   assert os.listdir(tmp_path) == ['result.json']
+
+
+def test_supervised_head_is_found_through_the_object_graph(pretrained):
+  """The real loop stores the head's weights under optimizer/_trainable_variables/N."""
+  from hub_export import __main__ as hub_export_main  # pylint: disable=g-import-not-at-top
+  config, _ = pretrained
+  path = os.path.join(config.train.model_dir, f'ckpt-{STEPS}')
+  keys = checkpoints.checkpoint_keys(path)
+  assert not any(key.startswith('model/supervised_head/') for key in keys)  # the trap
+  shapes = checkpoints.object_variable_shapes(path, ('model', 'supervised_head'))
+  model = build_model(config, SIZES.num_classes)
+  expected = sorted(list(variable.shape) for variable in model.supervised_head.weights)
+  assert sorted(shapes.values()) == expected and len(expected) == 2
+  assert hub_export_main._num_classes(path) == SIZES.num_classes  # pylint: disable=protected-access
+  assert checkpoints.object_variable_shapes(path, ('model', 'no_such_part')) == {}
+
+
+def test_resume_with_changed_flags(pretrained, tmp_path):
+  config, _ = pretrained
+  model_dir = str(tmp_path)
+  path = os.path.join(model_dir, f'ckpt-{STEPS}')
+  for name in tf.io.gfile.glob(os.path.join(config.train.model_dir, f'ckpt-{STEPS}.*')):
+    shutil.copy(name, model_dir)
+  saved = checkpoints.to_json_compatible(config.flat_dict())
+  checkpoints.write_json_atomic(os.path.join(model_dir, 'flags.json'), saved)
+  assert checkpoints.check_resume_flags(path, config) == []
+  changed = config_lib.replace(config, train={'train_batch_size': 16},
+                               model={'resnet_depth': 34})
+  with pytest.raises(ValueError) as error:
+    checkpoints.check_resume_flags(path, changed)
+  message = str(error.value)
+  assert '--resnet_depth=18 (now 34), --train_batch_size=8 (now 16)' in message
+  assert 'cannot change when a run resumes' in message and '\n' not in message
+  allowed = config_lib.replace(config, train={'train_steps': STEPS + 4},
+                               data={'data_dir': '/elsewhere'})
+  notes = checkpoints.check_resume_flags(path, allowed)
+  assert len(notes) == 2 and notes[0].startswith('warning: --data_dir changed from None')
+  assert f'--train_steps={STEPS + 4} (was {STEPS})' in notes[1]

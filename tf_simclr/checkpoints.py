@@ -16,7 +16,6 @@ data shards are missing, and `remove_partial_saves` deletes the leftovers.
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -24,7 +23,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import tensorflow as tf
 
@@ -35,31 +34,22 @@ from tf_simclr.strategy import is_chief
 # with other values cannot be loaded.
 MODEL_STRUCTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio',
                          'proj_head_mode', 'proj_out_dim', 'num_proj_layers')
+# Flags that cannot change when a run resumes from its own checkpoint: the model
+# structure, the optimizer's variables and the saved input position depend on them.
+RESUME_FIXED_FLAGS = MODEL_STRUCTURE_FLAGS + (
+    'train_mode', 'lineareval_while_pretraining', 'fine_tune_after_block', 'optimizer',
+    'train_batch_size', 'dataset', 'train_split', 'image_size', 'cifar_stem')
 
 
 def write_json_atomic(path: str, data: Any) -> None:
   """Writes `data` as JSON to `path` via a temporary file and a rename.
 
-  A reader never sees a half-written file, even if the process dies mid-write.
+  Any tf.io.gfile path (local, gs://, ram://): see `write_text_atomic`. A reader
+  never sees a half-written file, even if the process dies mid-write.
   """
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   text = data if isinstance(data, str) else json.dumps(
       to_json_compatible(data), indent=2, sort_keys=True)
-  file_descriptor, temp_path = tempfile.mkstemp(
-      prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
-  try:
-    with os.fdopen(file_descriptor, 'w', encoding='utf-8') as json_file:
-      json_file.write(text)
-      json_file.write('\n')
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp_path, 0o666 & ~umask)  # mkstemp makes 0600; use the usual mode.
-    os.replace(temp_path, path)
-  except BaseException:
-    if os.path.exists(temp_path):
-      os.remove(temp_path)
-    raise
+  write_text_atomic(path, text + '\n')
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -99,25 +89,43 @@ def resolve_checkpoint(path: str, flag_name: str = '--checkpoint') -> str:
   Raises:
     FileNotFoundError: nothing loadable at `path`.
   """
-  if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
-    if latest is None:
+  if tf.io.gfile.exists(path + '.index'):  # A prefix (tested first: see `checkpoint_reader`).
+    prefix = path
+  elif tf.io.gfile.isdir(path):
+    prefix = tf.train.latest_checkpoint(path)
+    if prefix is None:
       raise FileNotFoundError(
           f'{flag_name}={path} is a directory without checkpoints; pass a model_dir '
           f'that holds ckpt-* files or a checkpoint file prefix such as {path}/ckpt-100.')
-    return latest
-  if tf.io.gfile.exists(path + '.index'):
-    return path
-  if path.endswith('.index') and tf.io.gfile.exists(path):
-    return path[:-len('.index')]
-  raise FileNotFoundError(
-      f'{flag_name}={path} does not exist; pass a checkpoint file prefix '
-      f'(e.g. model_dir/ckpt-100) or a directory holding checkpoints.')
+  elif path.endswith('.index') and tf.io.gfile.exists(path):
+    prefix = path[:-len('.index')]
+  else:
+    raise FileNotFoundError(
+        f'{flag_name}={path} does not exist; pass a checkpoint file prefix '
+        f'(e.g. model_dir/ckpt-100) or a directory holding checkpoints.')
+  try:
+    checkpoint_reader(prefix)
+  except (tf.errors.OpError, *_UNREADABLE) as error:
+    raise ValueError(f'{flag_name}={path}: {prefix} is not a readable checkpoint '
+                     f'({_first_line(error)}); pass another checkpoint.') from None
+  return prefix
+
+
+def checkpoint_reader(checkpoint_path: str) -> Any:
+  """`tf.train.load_checkpoint` of a checkpoint prefix or a directory of checkpoints.
+
+  A prefix is opened directly: `load_checkpoint` first asks `gfile.isdir(prefix)`,
+  which TF's ram:// file system (the tests' stand-in for gs://) answers True for
+  `dir/ckpt-2` because `dir/ckpt-2.index` starts with it.
+  """
+  if tf.io.gfile.exists(checkpoint_path + '.index'):
+    return tf.compat.v1.train.NewCheckpointReader(checkpoint_path)
+  return tf.train.load_checkpoint(checkpoint_path)
 
 
 def checkpoint_step(checkpoint_path: str) -> int:
   """The global step stored in a training checkpoint (0 when it has none)."""
-  reader = tf.train.load_checkpoint(checkpoint_path)
+  reader = checkpoint_reader(checkpoint_path)
   for key in ('global_step/.ATTRIBUTES/VARIABLE_VALUE',
               'optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE'):
     if reader.has_tensor(key):
@@ -127,7 +135,23 @@ def checkpoint_step(checkpoint_path: str) -> int:
 
 def checkpoint_keys(checkpoint_path: str) -> dict[str, list[int]]:
   """{variable key: shape} of a checkpoint."""
-  return dict(tf.train.list_variables(checkpoint_path))
+  shapes = checkpoint_reader(checkpoint_path).get_variable_to_shape_map()
+  return {key: list(shape) for key, shape in sorted(shapes.items())}
+
+
+def _object_graph_node(checkpoint_path: str, object_path: tuple[str, ...]) -> Any:
+  """(object graph, node id of `object_path`) of a checkpoint; node id None if absent."""
+  from tensorflow.core.protobuf import trackable_object_graph_pb2  # pylint: disable=g-import-not-at-top
+  reader = checkpoint_reader(checkpoint_path)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+  node_id = 0
+  for name in object_path:
+    children = {child.local_name: child.node_id for child in graph.nodes[node_id].children}
+    if name not in children:
+      return graph, None
+    node_id = children[name]
+  return graph, node_id
 
 
 def checkpoint_has_object(checkpoint_path: str, object_path: tuple[str, ...]) -> bool:
@@ -136,17 +160,35 @@ def checkpoint_has_object(checkpoint_path: str, object_path: tuple[str, ...]) ->
   Variable keys alone cannot tell: a variable reachable along several paths (model
   and optimizer) is stored under one of them only.
   """
-  from tensorflow.core.protobuf import trackable_object_graph_pb2  # pylint: disable=g-import-not-at-top
-  reader = tf.train.load_checkpoint(checkpoint_path)
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
-  node = graph.nodes[0]
-  for name in object_path:
-    children = {child.local_name: child.node_id for child in node.children}
-    if name not in children:
-      return False
-    node = graph.nodes[children[name]]
-  return True
+  return _object_graph_node(checkpoint_path, object_path)[1] is not None
+
+
+def object_variable_shapes(checkpoint_path: str,
+                           object_path: tuple[str, ...]) -> dict[str, list[int]]:
+  """{path below `object_path`: shape} of the variables of one object of a checkpoint.
+
+  Found through the checkpoint's object graph, so a variable counts wherever its
+  value is stored: training checkpoints store the trainable ones under
+  `optimizer/_trainable_variables/N`, not under `model/...`. E.g.
+  `object_variable_shapes(path, ('model', 'supervised_head'))` ->
+  {'dense/_kernel': [512, 10], 'dense/bias': [10]}; {} when the object is absent.
+  """
+  graph, node_id = _object_graph_node(checkpoint_path, object_path)
+  if node_id is None:
+    return {}
+  shapes_by_key = checkpoint_reader(checkpoint_path).get_variable_to_shape_map()
+  shapes: dict[str, list[int]] = {}
+  pending, seen = [(node_id, '')], {node_id}
+  while pending:
+    current, path = pending.pop()
+    for attribute in graph.nodes[current].attributes:
+      if attribute.name == 'VARIABLE_VALUE' and attribute.checkpoint_key in shapes_by_key:
+        shapes[path] = list(shapes_by_key[attribute.checkpoint_key])
+    for child in graph.nodes[current].children:
+      if child.node_id not in seen:
+        seen.add(child.node_id)
+        pending.append((child.node_id, f'{path}/{child.local_name}'.lstrip('/')))
+  return shapes
 
 
 def read_run_flags(checkpoint_path: str) -> Optional[dict[str, Any]]:
@@ -188,16 +230,84 @@ def check_compatible(checkpoint_path: str, config: config_lib.Config) -> None:
           f'--{name}={ours[name]}; use --{name}={run_flags[name]} or another checkpoint.')
 
 
+def check_resume_flags(checkpoint_path: str, config: config_lib.Config) -> list[str]:
+  """Compares `config` with the `flags.json` of the run that wrote `checkpoint_path`.
+
+  Call it before anything is written to model_dir when a run resumes there.
+
+  Returns:
+    Notes (one line each) on changed flags that may change on resume, e.g. that
+    --data_dir changed; [] when nothing changed or the run has no flags.json.
+
+  Raises:
+    ValueError: one line naming each changed flag of `RESUME_FIXED_FLAGS` with the
+      run's value and the new one.
+  """
+  run_flags = read_run_flags(checkpoint_path)
+  if run_flags is None:
+    return []
+  ours = to_json_compatible(config.flat_dict())
+  changed = sorted(name for name in ours
+                   if name in run_flags and run_flags[name] != ours[name])
+  fixed = [name for name in changed if name in RESUME_FIXED_FLAGS]
+  if fixed:
+    listed = ', '.join(f'--{name}={_flag_text(run_flags[name])} (now '
+                       f'{_flag_text(ours[name])})' for name in fixed)
+    raise ValueError(
+        f'--model_dir={os.path.dirname(checkpoint_path)} holds a run (checkpoint '
+        f'{os.path.basename(checkpoint_path)}) started with {listed}; these flags cannot '
+        'change when a run resumes: pass the run\'s values, or a new --model_dir to start '
+        'another run (--train_steps, --train_epochs, --learning_rate, --eval_* and the '
+        'checkpoint/export flags may change).')
+  notes = []
+  if 'data_dir' in changed:
+    notes.append(f'warning: --data_dir changed from {run_flags["data_dir"]} to '
+                 f'{ours["data_dir"]} since this run started; resuming with the new one '
+                 '(its input position assumes the same data).')
+  others = [name for name in changed if name not in ('data_dir', 'model_dir', 'checkpoint')]
+  if others:
+    notes.append('note: resuming with changed ' + ', '.join(
+        f'--{name}={_flag_text(ours[name])} (was {_flag_text(run_flags[name])})'
+        for name in others) + '.')
+  return notes
+
+
+def _flag_text(value: Any) -> str:
+  return 'None' if value is None else str(value)
+
+
+class UnreadableCheckpointError(ValueError):
+  """A checkpoint's files are truncated or corrupt (its index reads, its data not)."""
+
+
+# What reading a truncated or garbled checkpoint raises (TF 2.21: IndexError "Read
+# less bytes than requested" for a short data file; OpError "not an sstable").
+_UNREADABLE = (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError)
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return (text.splitlines()[0] if text else repr(error))[:300]
+
+
 def restore_or_explain(checkpoint: tf.train.Checkpoint, checkpoint_path: str) -> Any:
-  """`checkpoint.restore(path)`; a shape mismatch becomes one clear ValueError line."""
+  """`checkpoint.restore(path)`; a shape mismatch becomes one clear ValueError line.
+
+  Raises:
+    UnreadableCheckpointError: the checkpoint's files are truncated or corrupt.
+    ValueError: it was written for another model.
+  """
   try:
     status = checkpoint.restore(checkpoint_path)
     status.assert_existing_objects_matched()
     return status.expect_partial()
-  except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as error:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+  except _UNREADABLE as error:
+    raise UnreadableCheckpointError(
+        f'checkpoint {checkpoint_path} is truncated or corrupt ({_first_line(error)}); '
+        'pass another checkpoint.') from None
+  except (ValueError, AssertionError, tf.errors.OpError) as error:
     raise ValueError(
-        f'checkpoint {checkpoint_path} does not match this model ({first_line[:300]}); '
+        f'checkpoint {checkpoint_path} does not match this model ({_first_line(error)}); '
         f'check --{", --".join(MODEL_STRUCTURE_FLAGS)} against the run that wrote it.'
     ) from None
 
@@ -206,17 +316,21 @@ def restore_training_state(checkpoint: tf.train.Checkpoint, checkpoint_path: str
   """Restores a run's own checkpoint (model, optimizer, step, input position).
 
   Raises:
+    UnreadableCheckpointError: the checkpoint's files are truncated or corrupt.
     ValueError: one line when the checkpoint was written for another model or input
       pipeline (e.g. model_dir holds a run with another --resnet_depth).
   """
   try:
     return checkpoint.restore(checkpoint_path).expect_partial()
+  except _UNREADABLE as error:
+    raise UnreadableCheckpointError(
+        f'checkpoint {checkpoint_path} is truncated or corrupt ({_first_line(error)})'
+    ) from None
   except (ValueError, AssertionError, tf.errors.OpError) as error:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
     model_dir = os.path.dirname(checkpoint_path)
     raise ValueError(
         f'--model_dir={model_dir} holds checkpoint {checkpoint_path} of another run that '
-        f'does not fit this one ({first_line[:300]}); use a new --model_dir or the flags '
+        f'does not fit this one ({_first_line(error)}); use a new --model_dir or the flags '
         'of that run.') from None
 
 
@@ -269,6 +383,34 @@ class CheckpointSaver:
     """The newest complete checkpoint of `model_dir` (None when there is none)."""
     return latest_complete_checkpoint(self._read_manager.directory)
 
+  def restore_latest(self) -> tuple[Optional[str], list[str]]:
+    """Restores the newest readable checkpoint of `model_dir` into the checkpoint.
+
+    Returns:
+      (the checkpoint restored or None when there is none, notes on newer checkpoints
+      skipped because they are incomplete or unreadable).
+
+    Raises:
+      ValueError: the checkpoints belong to another run, or none of them reads.
+    """
+    directory = self._read_manager.directory
+    listed = tf.train.latest_checkpoint(directory)
+    notes, unreadable = [], []
+    for path in complete_checkpoints(directory):
+      try:
+        restore_training_state(self.checkpoint, path)
+      except UnreadableCheckpointError as error:
+        unreadable.append(path)
+        notes.append(f'note: {error}; trying an older checkpoint.')
+        continue
+      if listed and listed != path and listed not in unreadable:
+        notes.insert(0, f'note: checkpoint {listed} is incomplete; resuming from {path}.')
+      return path, notes
+    if unreadable:
+      raise ValueError(f'--model_dir={directory}: no readable checkpoint (tried '
+                       f'{", ".join(unreadable)}); restore the files or use a new --model_dir.')
+    return None, notes
+
   def save(self, step: int) -> str:
     """Saves as `ckpt-<step>`; returns the path (a temporary one off the chief)."""
     return self.manager.save(checkpoint_number=step)
@@ -282,16 +424,26 @@ class CheckpointSaver:
 _DATA_SHARD = re.compile(r'\.data-(\d{5})-of-(\d{5})$')
 
 
+def _list_names(directory: str) -> list[str]:
+  """File and folder names in `directory` (tf.io.gfile; [] when it does not exist)."""
+  try:
+    return [name.rstrip('/') for name in tf.io.gfile.listdir(directory)]
+  except tf.errors.NotFoundError:
+    return []
+
+
 def is_complete_checkpoint(prefix: str) -> bool:
   """Whether `prefix.index` and all of its `prefix.data-*-of-N` shards exist and read."""
-  if not os.path.isfile(prefix + '.index'):
+  if not tf.io.gfile.exists(prefix + '.index'):
     return False
-  shards = glob.glob(glob.escape(prefix) + '.data-*-of-*')
-  counts = {int(match.group(2)) for match in map(_DATA_SHARD.search, shards) if match}
+  directory, base = os.path.split(prefix)
+  shards = [name for name in _list_names(directory)
+            if name.startswith(base + '.data-') and _DATA_SHARD.search(name)]
+  counts = {int(_DATA_SHARD.search(name).group(2)) for name in shards}
   if len(counts) != 1 or len(shards) != counts.pop():
     return False
   try:
-    tf.train.load_checkpoint(prefix)
+    checkpoint_reader(prefix)
   except (tf.errors.OpError, ValueError):
     return False
   return True
@@ -302,45 +454,59 @@ def latest_complete_checkpoint(directory: str) -> Optional[str]:
 
   Candidates, newest first: those the `checkpoint` state file lists, then any other
   `ckpt-<N>.index` in the directory (by N). A checkpoint with a missing index or data
-  shard (a save killed midway, a file lost) is skipped.
+  shard (a save killed midway, a file lost) is skipped. Any tf.io.gfile path.
   """
+  return next(complete_checkpoints(directory), None)
+
+
+def complete_checkpoints(directory: str) -> Iterator[str]:
+  """The complete checkpoints of `directory`, newest first (see
+  `latest_complete_checkpoint`), checked one at a time as they are asked for."""
   if not directory or not tf.io.gfile.isdir(directory):
-    return None
+    return
   candidates: list[str] = []
-  state = tf.train.get_checkpoint_state(directory)
+  try:
+    state = tf.train.get_checkpoint_state(directory)
+  except (tf.errors.OpError, ValueError):  # A garbled `checkpoint` state file.
+    state = None
   if state is not None:
     listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
     if state.model_checkpoint_path and state.model_checkpoint_path not in listed:
       listed.append(state.model_checkpoint_path)
     for path in reversed(listed):
-      candidates.append(path if os.path.isabs(path) else os.path.join(directory, path))
+      candidates.append(path if os.path.isabs(path) or '://' in path
+                        else os.path.join(directory, path))
   found = []
-  for index_path in glob.glob(os.path.join(glob.escape(directory), 'ckpt-*.index')):
-    match = re.fullmatch(r'ckpt-(\d+)\.index', os.path.basename(index_path))
+  for name in _list_names(directory):
+    match = re.fullmatch(r'ckpt-(\d+)\.index', name)
     if match:
-      found.append((int(match.group(1)), index_path[:-len('.index')]))
+      found.append((int(match.group(1)), os.path.join(directory, name[:-len('.index')])))
   candidates += [prefix for _, prefix in sorted(found, reverse=True)]
-  for prefix in candidates:
+  for prefix in dict.fromkeys(candidates):
     if is_complete_checkpoint(prefix):
-      return prefix
-  return None
+      yield prefix
 
 
 def remove_partial_saves(directory: str) -> list[str]:
   """Deletes what a save killed midway leaves in `directory`; returns the paths.
 
-  That is `ckpt-N_temp/` folders and data shards of a `ckpt-N` without an index.
-  Call it on the chief only, before training starts.
+  That is `ckpt-N_temp/` folders, data shards of a `ckpt-N` without an index and
+  `checkpoint.tmp*` state files. Call it on the chief only, before training starts.
   """
   removed = []
-  if not directory or not os.path.isdir(directory):
+  if not directory or not tf.io.gfile.isdir(directory):
     return removed
-  for path in glob.glob(os.path.join(glob.escape(directory), 'ckpt-*_temp*')):
-    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+  names = _list_names(directory)
+  for name in names:
+    path = os.path.join(directory, name)
+    partial = (re.match(r'ckpt-\d+_temp', name) or name.startswith('checkpoint.tmp') or
+               (_DATA_SHARD.search(name) and name.startswith('ckpt-') and
+                _DATA_SHARD.sub('', name) + '.index' not in names))
+    if not partial:
+      continue
+    if tf.io.gfile.isdir(path):
+      tf.io.gfile.rmtree(path)
+    else:
+      tf.io.gfile.remove(path)
     removed.append(path)
-  for path in glob.glob(os.path.join(glob.escape(directory), 'ckpt-*.data-*-of-*')):
-    prefix = _DATA_SHARD.sub('', path)
-    if not os.path.exists(prefix + '.index'):
-      os.remove(path)
-      removed.append(path)
   return removed

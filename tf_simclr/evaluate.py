@@ -79,7 +79,7 @@ def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
       checkpoint_path or train_config.model_dir,
       '--checkpoint' if checkpoint_path else '--model_dir')
   checkpoints.check_compatible(checkpoint_path, config)
-  sizes = data_sizes or train_lib.dataset_info(config)
+  sizes = data_sizes or train_lib.dataset_info(config, with_eval=True)
   # Evaluate what the checkpoint holds, whatever --lineareval_while_pretraining says.
   has_head = checkpoints.checkpoint_has_object(checkpoint_path, ('model', 'supervised_head'))
   if not has_head and train_config.train_mode == 'finetune':
@@ -167,6 +167,10 @@ def _evaluate_model(config: config_lib.Config, strategy: tf.distribute.Strategy,
     if max_steps is not None and step_index >= max_steps:
       break
     accumulator.add(metrics_lib.unpack(distributed_eval_step(batch).numpy(), names))
+  if accumulator.total('count') == 0:
+    raise ValueError(f'--eval_split={config.data.eval_split} gave no examples to evaluate '
+                     f'(--dataset={config.data.dataset}, --eval_steps='
+                     f'{train_config.eval_steps}); choose a non-empty split.')
   if has_head:
     result: dict[str, Any] = {
         'eval/label_top_1_accuracy': accumulator.ratio('top_1'),
@@ -243,7 +247,7 @@ def evaluate_continuously(config: config_lib.Config, strategy: tf.distribute.Str
   if timeout_secs is None:
     timeout_secs = config.train.eval_timeout_secs
   wait_limit = timeout_secs or None  # checkpoints_iterator: None waits forever.
-  sizes = data_sizes or train_lib.dataset_info(config)
+  sizes = data_sizes or train_lib.dataset_info(config, with_eval=True)
   total_steps = optim.total_train_steps(config.train, sizes.num_train_examples)
   result = None
   for checkpoint_path in tf.train.checkpoints_iterator(

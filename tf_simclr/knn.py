@@ -268,9 +268,9 @@ def read_history(model_dir: str) -> list[dict[str, Any]]:
   """The entries of model_dir/knn.json; [] when absent."""
   import json  # pylint: disable=g-import-not-at-top
   path = os.path.join(model_dir, KNN_HISTORY_FILENAME)
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return []
-  with open(path, encoding='utf-8') as history_file:
+  with tf.io.gfile.GFile(path) as history_file:
     return list(json.load(history_file))
 
 

@@ -51,10 +51,18 @@ DEFAULT_MAX_STEPS_PER_LOOP = 100
 SAVED_MODEL_DIRNAME = 'saved_model'
 
 
-def dataset_info(config: config_lib.Config) -> Any:
-  """`tf_simclr.data.get_dataset_info(config.data)` (imported on use)."""
+def dataset_info(config: config_lib.Config, with_eval: Optional[bool] = None) -> Any:
+  """`tf_simclr.data.get_dataset_info(config.data)` (imported on use).
+
+  By default the eval split is only looked at when something reads it: --mode=eval
+  or train_then_eval, or the kNN monitor while pretraining (--mode=train alone
+  leaves num_eval_examples 0).
+  """
   from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
-  return data_lib.get_dataset_info(config.data)
+  if with_eval is None:
+    with_eval = config.train.mode != 'train' or (
+      config.knn.knn_every_steps > 0 and config.train.train_mode == 'pretrain')
+  return data_lib.get_dataset_info(config.data, with_eval=with_eval)
 
 
 def train_input_fn(config: config_lib.Config) -> InputFn:
@@ -128,37 +136,54 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingPreempted(RuntimeError):
-  """SIGTERM arrived; a checkpoint of `step` was written before stopping."""
+  """SIGTERM or SIGINT (Ctrl-C) arrived; a checkpoint of `step` was written before
+  stopping. `signal_number` is the signal."""
 
-  def __init__(self, step: int, checkpoint_path: Optional[str]) -> None:
-    super().__init__(f'stopped by SIGTERM at step {step}; checkpoint {checkpoint_path} '
+  def __init__(self, step: int, checkpoint_path: Optional[str],
+               signal_number: int = signal.SIGTERM) -> None:
+    name = 'Ctrl-C (SIGINT)' if signal_number == signal.SIGINT else 'SIGTERM'
+    super().__init__(f'stopped by {name} at step {step}; checkpoint {checkpoint_path} '
                      'saved; run the same command again to resume.')
     self.step = step
     self.checkpoint_path = checkpoint_path
+    self.signal_number = signal_number
 
 
 class _TerminationFlag:
-  """Catches SIGTERM while training (main thread only); `requested` says if it came.
+  """Catches SIGTERM and SIGINT while training (main thread only).
 
-  The handler only sets a flag, so a checkpoint being written completes; the loop
-  checks it after each `tf.function` call (at most `steps_per_loop` steps later).
+  The handler only records the signal (`requested`, `signal_number`), so a checkpoint
+  being written completes; the loop checks it after each `tf.function` call (at most
+  `steps_per_loop` steps later). A second Ctrl-C interrupts at once
+  (KeyboardInterrupt).
   """
 
   def __init__(self) -> None:
     self.requested = False
-    self._previous = None
+    self.signal_number = signal.SIGTERM
+    self._previous: dict[int, Any] = {}
 
   def install(self) -> '_TerminationFlag':
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      for signal_number in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signal_number] = signal.signal(signal_number, self._handle)
     return self
 
   def _handle(self, signum: int, frame: Any) -> None:  # pylint: disable=unused-argument
+    if signum == signal.SIGINT and self.requested:
+      raise KeyboardInterrupt
+    if not self.requested:
+      self.signal_number = signum
     self.requested = True
+    if signum == signal.SIGINT:
+      print('\nCtrl-C: saving a checkpoint, then stopping (Ctrl-C again to stop now).',
+            file=sys.stderr, flush=True)
 
   def uninstall(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signal_number, previous in self._previous.items():
+      if previous is not None:
+        signal.signal(signal_number, previous)
+    self._previous = {}
 
 
 def check_finite_loss(loop_metrics: dict[str, float], first_step: int, last_step: int) -> None:
@@ -448,11 +473,14 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   last_saved_step = -1
   if chief:
     checkpoints.remove_partial_saves(model_dir)
-  if saver.latest_checkpoint:
-    checkpoints.restore_training_state(checkpoint, saver.latest_checkpoint)
+  resumed_from, notes = saver.restore_latest()
+  if chief:
+    for note in notes:
+      print(note, file=sys.stderr, flush=True)
+  if resumed_from:
     last_saved_step = int(optimizer.iterations.numpy())
     if verbose and chief:
-      print(f'Resuming from {saver.latest_checkpoint}.', flush=True)
+      print(f'Resuming from {resumed_from}.', flush=True)
   elif pretrained_path:
     restore_pretrained(model, pretrained_path, config)
     if verbose and chief:
@@ -492,7 +520,15 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
       next_checkpoint = (step // checkpoint_steps + 1) * checkpoint_steps
       num_steps = min(loop_steps, next_checkpoint - step, total_steps - step)
       loop_start = time.perf_counter()
-      sums = train_loop(iterator, tf.constant(num_steps, tf.int32))
+      try:
+        sums = train_loop(iterator, tf.constant(num_steps, tf.int32))
+      except tf.errors.OutOfRangeError:
+        # The training input repeats: it ends only when no example decodes at all.
+        raise ValueError(
+            f'the training input yielded no images at step {step} (--dataset='
+            f'{config.data.dataset} --data_dir={config.data.data_dir} --train_split='
+            f'{config.data.train_split}): every image failed to decode, or there are fewer '
+            'than one batch of readable ones; check the image files.') from None
       step = int(optimizer.iterations.numpy())
       loop_seconds = time.perf_counter() - loop_start  # The steps alone, no export.
       loop_metrics = metrics_lib.unpack(sums.numpy() / num_steps, metric_names)
@@ -523,7 +559,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
           export_hub_module(model, config, step, chief)
       if termination.requested and step < total_steps:
         path = saver.save(step) if last_saved_step != step else saver.latest_checkpoint
-        raise TrainingPreempted(step, path if chief else None)
+        raise TrainingPreempted(step, path if chief else None, termination.signal_number)
     # 5. The end: the last step has a checkpoint (the same decision on every worker).
     if last_saved_step != step:
       saver.save(step)

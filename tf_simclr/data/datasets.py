@@ -529,7 +529,10 @@ def get_dataset_info(data_config: DataConfig, *, with_eval: bool = True) -> Data
   source = _get_source(data_config.dataset, data_config.data_dir,
                        data_config.image_folder_labels)
   num_train = source.num_examples(data_config.train_split, 'train_split')
+  _check_not_empty(num_train, 'train_split', data_config)
   num_eval = source.num_examples(data_config.eval_split, 'eval_split') if with_eval else 0
+  if with_eval:
+    _check_not_empty(num_eval, 'eval_split', data_config)
   return DatasetInfo(
       num_train_examples=num_train,
       num_eval_examples=num_eval,
@@ -539,6 +542,14 @@ def get_dataset_info(data_config: DataConfig, *, with_eval: bool = True) -> Data
       image_shape=source.image_shape,
       num_skipped_files=source.num_skipped_files,
       labels_note=getattr(source, 'labels_note', ''))
+
+
+def _check_not_empty(num_examples: int, flag: str, data_config: DataConfig) -> None:
+  """Raises ValueError naming --flag when its split selects no examples."""
+  if num_examples <= 0:
+    split = getattr(data_config, flag)
+    raise ValueError(f'--{flag}={split} selects no examples of --dataset='
+                     f'{data_config.dataset}; choose a non-empty split (e.g. without [:0]).')
 
 
 def num_eval_steps(num_examples: int, global_batch_size: int) -> int:

@@ -1,0 +1,120 @@
+"""Remote model_dir / export_dir: everything through tf.io.gfile, checked on ram://.
+
+TF's in-process ram:// file system stands in for gs:// (DESIGN.md). A path handled
+with `os`/`open` instead of tf.io.gfile fails there, or creates a local `./ram:/...`
+folder, which these tests look for in the working directory.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import reliability_helpers as helpers
+from tf_simclr import checkpoints
+
+import hub_export
+
+
+@pytest.fixture
+def ram_dir(tmp_path, monkeypatch):
+  """A fresh ram:// folder; the working directory is an empty tmp_path."""
+  monkeypatch.chdir(tmp_path)
+  root = f'ram://test-{uuid.uuid4().hex[:8]}'
+  yield root
+  if tf.io.gfile.exists(root):
+    tf.io.gfile.rmtree(root)
+  assert not os.listdir(tmp_path), 'a ram:// path went to the local disk'
+
+
+def test_checkpoint_files_on_a_remote_file_system(ram_dir):
+  model_dir = ram_dir + '/run'
+  step = tf.Variable(0, dtype=tf.int64)
+  checkpoint = tf.train.Checkpoint(weights=tf.Variable(tf.ones([3])), global_step=step)
+  manager = tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=3)
+  for number in (1, 2):
+    step.assign(number)
+    manager.save(checkpoint_number=number)
+  assert checkpoints.latest_complete_checkpoint(model_dir) == model_dir + '/ckpt-2'
+  assert checkpoints.resolve_checkpoint(model_dir + '/ckpt-1') == model_dir + '/ckpt-1'
+  assert checkpoints.checkpoint_step(model_dir + '/ckpt-1') == 1
+  assert checkpoints.checkpoint_has_object(model_dir + '/ckpt-2', ('weights',))
+  # A save killed midway: its temp folder, an orphan shard, a state-file temporary.
+  tf.io.gfile.makedirs(model_dir + '/ckpt-3_temp')
+  for name in ('ckpt-3_temp/part-00000-of-00001', 'ckpt-4.data-00000-of-00001',
+               'checkpoint.tmp1a2b3c'):
+    with tf.io.gfile.GFile(f'{model_dir}/{name}', 'w') as partial:
+      partial.write('x')
+  tf.io.gfile.remove(model_dir + '/ckpt-2.data-00000-of-00001')  # ckpt-2 incomplete now
+  assert checkpoints.latest_complete_checkpoint(model_dir) == model_dir + '/ckpt-1'
+  removed = checkpoints.remove_partial_saves(model_dir)
+  assert sorted(os.path.basename(path) for path in removed) == [
+      'checkpoint.tmp1a2b3c', 'ckpt-3_temp', 'ckpt-4.data-00000-of-00001']
+  # result.json / flags.json: atomic, no temporary left, not on the local disk.
+  checkpoints.write_json_atomic(model_dir + '/result.json', {'accuracy': np.float32(0.5)})
+  checkpoints.write_json_atomic(model_dir + '/result.json', {'accuracy': np.float32(0.75)})
+  with tf.io.gfile.GFile(model_dir + '/result.json') as result_file:
+    assert json.load(result_file) == {'accuracy': 0.75}
+  assert sorted(tf.io.gfile.listdir(model_dir)) == [
+      'checkpoint', 'ckpt-1.data-00000-of-00001', 'ckpt-1.index', 'ckpt-2.index',
+      'result.json']
+
+
+def test_export_on_a_remote_file_system(ram_dir):
+  """ram:// renames a folder's entry without its files: the export is copied instead."""
+  from tests.test_hub_export import _small_model  # pylint: disable=g-import-not-at-top
+  model = _small_model()
+  export_dir = ram_dir + '/exports/small'
+  hub_export.export_encoder(model, export_dir, image_size=8)
+  hub_export.export_encoder(model, export_dir, image_size=16, overwrite=True)
+  assert hub_export.is_saved_model_export(export_dir)
+  assert tf.io.gfile.listdir(ram_dir + '/exports') == ['small']  # no temporaries left
+  loaded = tf.saved_model.load(export_dir)
+  assert int(loaded.image_size) == 16
+  images = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
+  expected = model(images, training=False)['final_avg_pool'].numpy()
+  np.testing.assert_allclose(loaded(images).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_run_resume_eval_and_hub_export_on_ram(tmp_path):
+  """Real run.py training runs with model_dir and export_dir on ram:// (one process).
+
+  ~90 s on 2 idle cores (TF start, 2 short trainings of ResNet-18 at 16 px with an
+  export per checkpoint, eval, 2 exports through `python -m hub_export`).
+  """
+  data = helpers.write_image_folder(tmp_path / 'data', per_class=8)
+  work_dir = tmp_path / 'cwd'
+  work_dir.mkdir()
+  result = subprocess.run(
+      [sys.executable, str(helpers.REPO_ROOT / 'tests' / 'remote_storage_check.py'),
+       str(data), str(work_dir)], cwd=helpers.REPO_ROOT, env=helpers.environment(),
+      capture_output=True, text=True, timeout=900)
+  lines = [line for line in result.stdout.splitlines() if line.startswith('REPORT ')]
+  assert lines, result.stdout[-3000:] + result.stderr[-3000:]
+  report = json.loads(lines[-1][len('REPORT '):])
+  assert result.returncode == 0, (report, result.stderr[-3000:])
+  first, second = report['first'], report['second']
+  assert first['code'] == 0, first
+  assert {'flags.json', 'result.json', 'result_2.json', 'ckpt-2.index',
+          'saved_model/2/saved_model.pb'} <= set(report['after_first'])
+  # The second command resumed at step 2 instead of starting again.
+  assert second['code'] == 0, second
+  assert 'Resuming from ram://bucket/runs/r18/ckpt-2.' in second['stdout'], second
+  assert 'step 1/3' not in second['stdout'] and 'step 3/3' in second['stdout']
+  assert 'note: resuming with changed --train_steps=3 (was 2).' in second['stderr']
+  assert report['result']['global_step'] == 3 and report['flags_train_steps'] == 3
+  assert 'saved_model/3/saved_model.pb' in report['after_second']
+  assert not any(name.startswith('saved_model/2/') for name in report['after_second'])
+  # hub_export of a real training checkpoint with a supervised head (2 classes).
+  assert report['export_code'] == 0
+  assert report['logits_shape'] == [2, 2]
+  assert report['export_max_difference'] < 1e-5
+  assert report['overwrite_codes'] == [2, 2] and report['overwrite_kept_everything']
+  assert report['overwrite_export_code'] == 0 and report['is_export']
+  assert report['local_files'] == []
