@@ -284,9 +284,11 @@ def export_encoder(model: Any,
   return export_dir
 
 
-# What `tf.saved_model.save` writes; --overwrite replaces a folder holding nothing else.
+# What `tf.saved_model.save` and the model card write; --overwrite replaces a folder
+# holding nothing else.
 _SAVED_MODEL_FILES = frozenset({'saved_model.pb', 'saved_model.pbtxt', 'fingerprint.pb',
-                                'keras_metadata.pb'})
+                                'keras_metadata.pb', model_card.README, model_card.CARD_JSON,
+                                model_card.KAGGLE_JSON})
 _SAVED_MODEL_FOLDERS = frozenset({'variables', 'assets'})
 _VARIABLES_FILE = re.compile(r'variables\.(index|data-\d{5}-of-\d{5})')
 
@@ -298,9 +300,9 @@ def _names(directory: str) -> list[str]:
 def is_saved_model_export(path: str) -> bool:
   """Whether `path` is a folder holding one SavedModel and nothing else.
 
-  That is `saved_model.pb` (or .pbtxt), optionally `fingerprint.pb`, a `variables/`
-  folder of `variables.index` / `variables.data-*` files and an `assets/` folder of
-  files. A run's model_dir, a folder above one, or any other files do not qualify.
+  That is `saved_model.pb` (or .pbtxt), optionally `fingerprint.pb` and the model
+  card files, a `variables/` folder of `variables.index` / `variables.data-*` files
+  and an `assets/` folder of files. A run's model_dir, a folder above one, or any other files do not qualify.
   """
   if not tf.io.gfile.isdir(path):
     return False

@@ -115,6 +115,25 @@ def test_missing_tfds_data_is_one_clear_line(tmp_path):
   assert message.startswith('--dataset=imagenet2012: not found') and '--data_dir' in message
 
 
+def test_undownloadable_tfds_data_fails_fast_and_cleans_up(tmp_path, monkeypatch):
+  """No network (here: a proxy on a closed port): one line within seconds, and the
+  folders TFDS started to create are removed (TFDS alone retried for ~200 s)."""
+  import time  # pylint: disable=g-import-not-at-top
+  for name in ('HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy'):
+    monkeypatch.setenv(name, 'http://127.0.0.1:9')
+  monkeypatch.delenv('NO_PROXY', raising=False)
+  monkeypatch.delenv('no_proxy', raising=False)
+  data_dir = tmp_path / 'tfds'
+  start = time.monotonic()
+  with pytest.raises(FileNotFoundError) as error:
+    datasets.get_dataset_info(DataConfig(dataset='cifar10', data_dir=str(data_dir)))
+  assert time.monotonic() - start < 60
+  message = str(error.value)
+  assert '\n' not in message and message.startswith('--dataset=cifar10: not found')
+  assert 'cannot reach https://' in message, message
+  assert not data_dir.exists(), list(data_dir.rglob('*'))
+
+
 # ---------------------------------------------------------------------------
 # Split strings.
 

@@ -243,3 +243,20 @@ def test_resume_with_changed_flags(pretrained, tmp_path):
   notes = checkpoints.check_resume_flags(path, allowed)
   assert len(notes) == 2 and notes[0].startswith('warning: --data_dir changed from None')
   assert f'--train_steps={STEPS + 4} (was {STEPS})' in notes[1]
+
+
+def test_rerun_finishes_an_export_killed_at_the_end(pretrained, strategy, batches, tmp_path):
+  """A run killed (-9) during its last export: the same command exports and cleans up."""
+  import hub_export  # pylint: disable=g-import-not-at-top
+  config, _ = pretrained
+  model_dir = tmp_path / 'run'
+  shutil.copytree(config.train.model_dir, model_dir)
+  stale = model_dir / 'saved_model' / f'.{STEPS}.tmp-somehost-1-0123abcd'  # the killed one
+  (stale / 'variables').mkdir(parents=True)
+  rerun = config_lib.replace(config, train={'model_dir': str(model_dir)},
+                             export={'export_hub_module': 'checkpoint'})
+  result = train_lib.train(rerun, strategy, input_fn=train_fixtures.make_input_fn(batches),
+                           data_sizes=SIZES, verbose=False)
+  assert result['global_step'] == STEPS
+  assert os.listdir(model_dir / 'saved_model') == [str(STEPS)]
+  assert hub_export.is_saved_model_export(str(model_dir / 'saved_model' / str(STEPS)))

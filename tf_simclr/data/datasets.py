@@ -30,7 +30,7 @@ import gzip
 import math
 import os
 import re
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -139,6 +139,42 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
   return image
 
 
+DOWNLOAD_PROBE_TIMEOUT_SECS = 10.0
+
+
+def _check_downloadable(builder: Any) -> None:
+  """Raises ConnectionError within seconds when the dataset's download host cannot be
+  reached (TFDS itself retries for minutes before failing)."""
+  try:
+    urls = sorted(builder.url_infos or {})
+  except Exception:  # pylint: disable=broad-except
+    urls = []
+  if not urls:
+    return
+  import requests  # pylint: disable=g-import-not-at-top
+  try:
+    requests.head(urls[0], timeout=DOWNLOAD_PROBE_TIMEOUT_SECS, allow_redirects=False)
+  except requests.RequestException as error:
+    raise ConnectionError(f'cannot reach {urls[0]} ({type(error).__name__})') from None
+
+
+def _missing_paths(data_dir: str, name: str) -> list[str]:
+  """The TFDS folders that download_and_prepare may create and that do not exist yet."""
+  root = os.path.expanduser(data_dir)
+  candidates = [root, os.path.join(root, 'downloads'), os.path.join(root, name)]
+  return [path for path in candidates if not tf.io.gfile.exists(path)]
+
+
+def _remove_created(paths: list[str]) -> None:
+  """Deletes what a failed download_and_prepare created among `paths` (outermost first)."""
+  for path in paths:
+    try:
+      if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
+    except tf.errors.OpError:
+      pass
+
+
 class _TfdsSource:
   """A TFDS dataset with supervised keys (image, label)."""
 
@@ -187,13 +223,16 @@ class _TfdsSource:
       except AssertionError as error:  # Data not prepared in data_dir.
         if attempt == 0 and not self._prepare_tried:
           self._prepare_tried = True
+          created = _missing_paths(data_dir, self.name)
           try:
+            _check_downloadable(self._builder)
             logging.info('%s is not prepared in %s; trying download_and_prepare.', self.name,
                          data_dir)
             self._builder.download_and_prepare()
             continue
           except Exception as prepare_error:  # pylint: disable=broad-except
             error = prepare_error
+            _remove_created(created)
         raise FileNotFoundError(
             f'--dataset={self.name}: not found in TFDS data_dir {data_dir} and not '
             f'downloadable here ({_first_line(error)}); set --data_dir (or TFDS_DATA_DIR) to a '
