@@ -302,7 +302,8 @@ def is_saved_model_export(path: str) -> bool:
 
   That is `saved_model.pb` (or .pbtxt), optionally `fingerprint.pb` and the model
   card files, a `variables/` folder of `variables.index` / `variables.data-*` files
-  and an `assets/` folder of files. A run's model_dir, a folder above one, or any other files do not qualify.
+  and an `assets/` folder of files. A run's model_dir, a folder above one, or any
+  other files do not qualify.
   """
   if not tf.io.gfile.isdir(path):
     return False
