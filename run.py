@@ -153,10 +153,6 @@ def main(argv: list[str]) -> None:
       config = official_import.config_for_architecture(
           config, architecture, simclr_flags.explicit_flag_names(), config.train.checkpoint)
       config_lib.validate(config, strategy.num_replicas_in_sync)  # e.g. --ft_proj_selector
-    if mode in ('train', 'train_then_eval') and checkpoint_before:
-      # Resuming: the flags that the checkpoint depends on must not have changed.
-      for note in checkpoints.check_resume_flags(checkpoint_before, config):
-        print(note, file=sys.stderr, flush=True)
     data_sizes = train_lib.dataset_info(config)
     if not data_sizes.labelled:  # Pretraining only: what needs labels is off or refused.
       from tf_simclr import unlabelled  # pylint: disable=g-import-not-at-top
@@ -168,6 +164,11 @@ def main(argv: list[str]) -> None:
         # flags.json and flags.txt describe the model that is trained.
         simclr_flags.override_flags(
             {'lineareval_while_pretraining': config.train.lineareval_while_pretraining})
+    if mode in ('train', 'train_then_eval') and checkpoint_before:
+      # Resuming: the flags that the checkpoint depends on must not have changed
+      # (checked after the data: unlabelled data turn the linear head off).
+      for note in checkpoints.check_resume_flags(checkpoint_before, config):
+        print(note, file=sys.stderr, flush=True)
     if mode in ('train', 'train_then_eval'):
       # Check the inputs before the first file goes to model_dir.
       if config.train.checkpoint and official_source is None:
