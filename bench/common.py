@@ -23,6 +23,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+from tf_simclr import loss_scale  # pylint: disable=g-import-not-at-top
 from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
 
@@ -209,8 +210,8 @@ def build_train_loop(config: config_lib.Config, strategy: tf.distribute.Strategy
   total_steps = max(1, train_config.train_steps)
   model, optimizer, _ = train_lib.build_model_and_optimizer(
       config, strategy, num_classes, total_steps * train_config.train_batch_size, total_steps)
-  metric_names = metrics_lib.train_metric_names(train_config.train_mode == 'pretrain',
-                                                model.supervised_head is not None)
+  metric_names = train_lib.train_metric_names(config, train_config.train_mode == 'pretrain',
+                                              model.supervised_head is not None)
   step_fn = train_lib.build_train_step(config, model, optimizer, strategy, metric_names)
   train_loop = train_lib.build_train_loop(strategy, step_fn, len(metric_names))
   return train_loop, model, optimizer

@@ -50,8 +50,10 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
       '--checkpoint_steps when set, else up to 100.', flag_values=flag_values)
   absl_flags.DEFINE_enum(
       'mixed_precision', 'float32', list(config_lib.MIXED_PRECISIONS),
-      'Compute dtype: float32, or bfloat16 (mixed_bfloat16 policy, float32 '
-      'variables and loss).', flag_values=flag_values)
+      'Compute dtype: float32, bfloat16 (mixed_bfloat16 policy, float32 '
+      'variables and loss) or float16 (mixed_float16 policy with dynamic loss '
+      'scaling; heads and loss in float32; skipped overflow steps are reported).',
+      flag_values=flag_values)
   absl_flags.DEFINE_bool(
       'force_bfloat16', False,
       'Run --mixed_precision=bfloat16 even on a CPU without native bf16 '
@@ -64,7 +66,10 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
       'CPU model and flags); ours / stock take one side everywhere.',
       flag_values=flag_values)
   absl_flags.DEFINE_bool(
-      'jit_compile', False, 'Compile the train step with XLA.',
+      'jit_compile', False,
+      'Compile the train step with XLA: the whole step on one device; under '
+      'multi-device strategies each replica\'s forward, losses and backward '
+      '(collectives and the optimizer update stay TensorFlow ops).',
       flag_values=flag_values)
   absl_flags.DEFINE_bool(
       'deterministic', False,

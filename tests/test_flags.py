@@ -136,7 +136,7 @@ def test_cifar_stem_is_tri_state(argv, expected):
     (['--learning_rate_scaling=log'], '--learning_rate_scaling'),
     (['--train_batch_size=big'], '--train_batch_size'),
     (['--use_blur=maybe'], '--use_blur'),
-    (['--mixed_precision=float16'], '--mixed_precision'),
+    (['--mixed_precision=float8'], '--mixed_precision'),
     (['--no_such_flag=1'], 'no_such_flag'),
 ])
 def test_bad_values_fail_at_parse_time_with_one_line(argv, flag_name):

@@ -20,7 +20,7 @@ LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
 MODES = ('train', 'eval', 'train_then_eval')
 TRAIN_MODES = ('pretrain', 'finetune', 'distill')  # distill: ours (SimCLRv2 stage 3).
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
-MIXED_PRECISIONS = ('float32', 'bfloat16')
+MIXED_PRECISIONS = ('float32', 'bfloat16', 'float16')
 EXPORT_WHEN = ('checkpoint', 'end', 'never')
 BLUR_IMPLS = ('per_image', 'per_batch')
 CROP_FALLBACKS = ('whole_image', 'center_crop')
@@ -323,7 +323,14 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(t.eval_timeout_secs >= 0,
         f'--eval_timeout_secs={t.eval_timeout_secs} must be >= 0 (0: no limit).')
   check(t.mixed_precision in MIXED_PRECISIONS,
-        f'--mixed_precision={t.mixed_precision!r} is unknown; use float32 or bfloat16.')
+        f'--mixed_precision={t.mixed_precision!r} is unknown; use float32, bfloat16 or float16.')
+  check(t.mixed_precision != 'float16' or (t.micro_batch_size == 0 and t.train_mode != 'distill'),
+        '--mixed_precision=float16 (loss scaling) is not supported with --micro_batch_size or '
+        '--train_mode=distill; use float32 or bfloat16 there.')
+  check(not t.jit_compile or num_replicas == 1 or (
+      t.micro_batch_size == 0 and t.train_mode != 'distill'),
+        f'--jit_compile with --micro_batch_size or --train_mode=distill compiles on one '
+        f'replica only (got {num_replicas}); drop --jit_compile or run on one device.')
   check(t.cpu_kernels in CPU_KERNELS,
         f'--cpu_kernels={t.cpu_kernels!r} is unknown; use one of {CPU_KERNELS}.')
   check(bool(t.model_dir), '--model_dir is required: the directory for checkpoints and results.')

@@ -34,6 +34,8 @@ import tensorflow as tf
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import grad_cache
+from tf_simclr import jit
+from tf_simclr import loss_scale
 from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import official_import
@@ -215,9 +217,11 @@ def steps_per_loop(train_config: config_lib.TrainConfig, checkpoint_steps: int) 
 def build_model_for(config: config_lib.Config, num_classes: int) -> SimCLRModel:
   """`build_model` under the --mixed_precision dtype policy (call in strategy.scope())."""
   previous_policy = keras.config.dtype_policy()
-  if precision.resolve_mixed_precision(config.train.mixed_precision,
-                                       config.train.force_bfloat16) == 'bfloat16':
-    keras.config.set_dtype_policy('mixed_bfloat16')
+  mixed_precision = precision.resolve_mixed_precision(config.train.mixed_precision,
+                                                     config.train.force_bfloat16)
+  policy = loss_scale.dtype_policy(mixed_precision)
+  if policy:
+    keras.config.set_dtype_policy(policy)
   try:
     return build_model(config, num_classes)
   finally:
@@ -236,7 +240,8 @@ def build_model_and_optimizer(config: config_lib.Config, strategy: tf.distribute
     learning_rate = optim.WarmUpAndCosineDecay(
         config.optim.learning_rate, num_train_examples, config.train.train_batch_size,
         config.optim.warmup_epochs, total_steps, config.optim.learning_rate_scaling)
-    optimizer = optim.build_optimizer(config.optim, learning_rate)
+    optimizer = loss_scale.wrap_optimizer(optim.build_optimizer(config.optim, learning_rate),
+                                          config.train.mixed_precision)
     optimizer.build(model.trainable_variables)
   return model, optimizer, learning_rate
 
@@ -360,16 +365,21 @@ def build_train_step(config: config_lib.Config, model: SimCLRModel,
   pretrain = config.train.train_mode == 'pretrain'
   supervised = model.supervised_head is not None
   if metric_names is None:
-    metric_names = metrics_lib.train_metric_names(pretrain, supervised)
+    metric_names = train_metric_names(config, pretrain, supervised)
   cached_step = grad_cache.maybe_build_train_step(config, model, optimizer, strategy,
                                                   metric_names)
   if cached_step is not None:  # --micro_batch_size: gradient caching.
     return cached_step
+  loss_scaling = loss_scale.uses_loss_scaling(config.train.mixed_precision)
+
+  # --jit_compile under MirroredStrategy / MultiWorkerMirroredStrategy: forward, losses
+  # and backward are XLA clusters on each replica; collectives and the update are not.
+  mark_for_xla = config.train.jit_compile and jit.marks_replica_ops(strategy)
 
   def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
     images, labels = batch['image'], batch['label']
     values = {}
-    with tf.GradientTape() as tape:
+    with jit.compiled_ops(mark_for_xla), tf.GradientTape() as tape:
       outputs = model(images, training=True)
       loss = tf.constant(0.0)
       if pretrain:
@@ -391,14 +401,30 @@ def build_train_step(config: config_lib.Config, model: SimCLRModel,
       loss += values['weight_decay']
       values['total_loss'] = loss
       scaled_loss = loss / num_replicas
+      if loss_scaling:
+        scaled_loss = optimizer.scale_loss(scaled_loss)
     variables = model.trainable_variables
-    gradients = tape.gradient(scaled_loss, variables)
+    with jit.compiled_ops(mark_for_xla):
+      gradients = tape.gradient(scaled_loss, variables)
+    if loss_scaling:
+      gradients, values[loss_scale.SKIPPED_METRIC] = loss_scale.agree_on_overflow(
+          gradients, tf.distribute.get_replica_context())
     optimizer.apply_gradients(zip(gradients, variables))
     return metrics_lib.pack(values, metric_names)
 
   if config.train.jit_compile:
-    return tf.function(train_step, jit_compile=True)
+    return jit.compile_step(train_step, strategy)
   return train_step
+
+
+def train_metric_names(config: config_lib.Config, pretrain: bool, supervised: bool
+                       ) -> tuple[str, ...]:
+  """The step's metrics; with float16 loss scaling also `skipped_steps` (1.0 per
+  skipped overflow step)."""
+  names = metrics_lib.train_metric_names(pretrain, supervised)
+  if loss_scale.uses_loss_scaling(config.train.mixed_precision):
+    names += (loss_scale.SKIPPED_METRIC,)
+  return names
 
 
 def build_train_loop(strategy: tf.distribute.Strategy,
@@ -475,7 +501,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   model, optimizer, learning_rate = build_model_and_optimizer(
       config, strategy, sizes.num_classes, sizes.num_train_examples, total_steps)
   supervised = model.supervised_head is not None
-  metric_names = metrics_lib.train_metric_names(pretrain, supervised)
+  metric_names = train_metric_names(config, pretrain, supervised)
   teacher = None
   if train_config.train_mode == 'distill':  # SimCLRv2 stage 3: tf_simclr/distill.py.
     from tf_simclr import distill  # pylint: disable=g-import-not-at-top
@@ -551,6 +577,9 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
       step = int(optimizer.iterations.numpy())
       loop_seconds = time.perf_counter() - loop_start  # The steps alone, no export.
       loop_metrics = metrics_lib.unpack(sums.numpy() / num_steps, metric_names)
+      if loss_scale.SKIPPED_METRIC in loop_metrics:  # A count over the loop, not a mean.
+        loop_metrics[loss_scale.SKIPPED_METRIC] = round(
+            loop_metrics[loss_scale.SKIPPED_METRIC] * num_steps)
       check_finite_loss(loop_metrics, step - num_steps + 1, step)
       current_lr = float(learning_rate(step))
       result = {'global_step': step, 'learning_rate': current_lr,
@@ -559,12 +588,15 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
         for name, value in loop_metrics.items():
           tf.summary.scalar(f'train/{name}', value, step=step)
         tf.summary.scalar('learning_rate', current_lr, step=step)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+          tf.summary.scalar('loss_scale', float(optimizer.dynamic_scale.numpy()), step=step)
       summaries.write_throughput(writer, step, num_steps, loop_seconds,
                                  train_config.train_batch_size)
       writer.flush()
       if verbose and chief:
         shown = {'loss': loop_metrics['total_loss']}
-        for name in ('contrast_acc', 'supervised_acc', 'teacher_agreement'):
+        for name in ('contrast_acc', 'supervised_acc', 'teacher_agreement',
+                     loss_scale.SKIPPED_METRIC):
           if name in loop_metrics:
             shown[name] = loop_metrics[name]
         shown['lr'] = current_lr

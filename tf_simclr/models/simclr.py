@@ -42,6 +42,7 @@ class SimCLRModel(keras.Model):
                lineareval_while_pretraining: bool = True,
                fine_tune_after_block: int = -1,
                zero_init_logits_layer: bool = False,
+               heads_dtype: Optional[str] = None,
                name: str = 'simclr_model',
                **kwargs):
     """Builds the encoder and heads (all variables exist after construction).
@@ -61,6 +62,8 @@ class SimCLRModel(keras.Model):
       fine_tune_after_block: finetune only: freeze the encoder up to this block group
         (-1: nothing frozen; 4: only the heads train).
       zero_init_logits_layer: start the supervised head's kernel at zero.
+      heads_dtype: dtype policy of the projection and supervised heads (e.g.
+        'float32' under a mixed_float16 encoder); None: the global policy.
       name: model name.
       **kwargs: passed to `keras.Model`.
     """
@@ -93,11 +96,23 @@ class SimCLRModel(keras.Model):
         resnet_depth, width_multiplier, sk_ratio=sk_ratio, se_ratio=se_ratio,
         cifar_stem=cifar_stem, batch_norm_decay=batch_norm_decay, global_bn=global_bn,
         fine_tune_after_block=fine_tune_after_block, name='resnet')
+    previous_policy = keras.config.dtype_policy()
+    if heads_dtype is not None:
+      keras.config.set_dtype_policy(heads_dtype)  # The heads' layers, built below too.
+    try:
+      self._build_heads(proj_head_mode, num_proj_layers, proj_out_dim, batch_norm_decay,
+                        global_bn, num_classes, zero_init_logits_layer)
+    finally:
+      keras.config.set_dtype_policy(previous_policy)
+
+  def _build_heads(self, proj_head_mode, num_proj_layers, proj_out_dim, batch_norm_decay,
+                   global_bn, num_classes, zero_init_logits_layer) -> None:
+    """Creates and builds the projection and supervised heads."""
     self.projection_head = ProjectionHead(
         proj_head_mode, num_proj_layers, proj_out_dim, batch_norm_decay, global_bn)
     num_hiddens = self.projection_head.num_hiddens
-    if not -num_hiddens <= ft_proj_selector < num_hiddens:
-      raise ValueError(f'--ft_proj_selector={ft_proj_selector} is out of range for '
+    if not -num_hiddens <= self.ft_proj_selector < num_hiddens:
+      raise ValueError(f'--ft_proj_selector={self.ft_proj_selector} is out of range for '
                        f'--proj_head_mode={proj_head_mode} --num_proj_layers={num_proj_layers}; '
                        f'use -{num_hiddens}..{num_hiddens - 1}.')
     self.supervised_head = (SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
@@ -148,4 +163,5 @@ def build_model(config: Config, num_classes: Optional[int]) -> SimCLRModel:
       train_mode=train_config.train_mode,
       lineareval_while_pretraining=train_config.lineareval_while_pretraining,
       fine_tune_after_block=train_config.fine_tune_after_block,
-      zero_init_logits_layer=train_config.zero_init_logits_layer)
+      zero_init_logits_layer=train_config.zero_init_logits_layer,
+      heads_dtype='float32' if train_config.mixed_precision == 'float16' else None)
