@@ -29,7 +29,7 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO_ROOT / 'tests' / 'jit_equality_script.py')
-TIMEOUT_SECS = 1500
+TIMEOUT_SECS = 3600
 RTOL, ATOL = 1e-4, 1e-5
 
 
