@@ -5,13 +5,13 @@ LARS, NT-Xent over gathered negatives, linear eval head) for 3 steps on fixed gl
 batches, without and then with --jit_compile, under one strategy; every variable of
 the final checkpoints (weights, BN statistics, LARS momenta) must agree.
 
-Tolerance: |xla - plain| <= 1e-5 + 1e-4 |plain|. XLA's CPU kernels sum in another
+Tolerance: |xla - plain| <= 2e-5 + 1e-4 |plain|. XLA's CPU kernels sum in another
 order than TensorFlow's oneDNN kernels; over 3 LARS steps at learning rate 0.5 float32
 reordering grows to about 1e-5 absolute: the plain 1-replica and 2-replica runs (no
-XLA anywhere) differ by 1.4e-5 on the same variable where XLA and plain differ most
-(1.4e-5 with 2 replicas, 7e-6 on one device; measured 2026-11-30). A wrong cross-replica
-arrangement (local BN statistics, local negatives, an unscaled gradient) moves
-variables by 1e-3 and more.
+XLA anywhere) differ by 1.4e-5 on the same element where XLA and plain differ most
+(measured 2026-11-30: one device 7.0e-6; 2 replicas and 2 workers 1.36e-5, one
+element of 256 above 1e-5). A wrong cross-replica arrangement (local BN statistics,
+local negatives, an unscaled gradient) moves variables by 1e-3 and more.
 
 Times on 2 busy cores: one device about 1 min, 2 replicas 2 min of CPU (XLA compiles
 about 60 clusters per replica), 4 replicas and 2 workers more: all slow.
@@ -30,7 +30,7 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO_ROOT / 'tests' / 'jit_equality_script.py')
 TIMEOUT_SECS = 3600
-RTOL, ATOL = 1e-4, 1e-5
+RTOL, ATOL = 1e-4, 2e-5
 
 
 def _free_ports(count: int) -> list[int]:
