@@ -22,7 +22,6 @@ import tf_simclr  # pylint: disable=g-import-not-at-top  (before TF: oneDNN kern
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
-from tf_simclr import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
 
