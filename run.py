@@ -18,6 +18,10 @@ import os
 import signal
 import sys
 
+# TensorFlow's C++ INFO lines (e.g. 100 collective lines per run with
+# --num_cpu_devices=2) off unless asked for; warnings and errors still show.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
 import tf_simclr  # First: turns on the oneDNN CPU kernels before TensorFlow loads.
 from absl import app
 from absl import flags as absl_flags
@@ -25,6 +29,10 @@ from absl import flags as absl_flags
 import flags as simclr_flags
 from tf_simclr import config as config_lib
 from tf_simclr import strategy as strategy_lib
+
+# `run.py --help` lists our flags and the official ones, not only absl's.
+for _module in simclr_flags.TOPIC_MODULES:
+  absl_flags.adopt_module_key_flags(_module)
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE_LOSS = 3

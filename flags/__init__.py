@@ -77,11 +77,20 @@ def config_from_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS,
   for section in dataclasses.fields(config_lib.Config):
     section_cls = section.default_factory  # type: ignore[misc]
     sections[section.name] = section_cls(**{
-        field.name: flag_values[field.name].value
+        field.name: _expand_home(field.name, flag_values[field.name].value)
         for field in dataclasses.fields(section_cls)})
   config = config_lib.Config(**sections)
   config_lib.validate(config, num_replicas)
   return config
+
+
+def _expand_home(name: str, value: Any) -> Any:
+  """`~/x` -> `$HOME/x` for path flags (*_dir, *checkpoint): the shell leaves `~`
+  in `--model_dir=~/x` unexpanded, which would create a folder named `~`."""
+  if (isinstance(value, str) and value.startswith('~') and
+      (name.endswith('_dir') or name.endswith('checkpoint'))):
+    return os.path.expanduser(value)
+  return value
 
 
 def flag_values_dict(flag_values: absl_flags.FlagValues = absl_flags.FLAGS

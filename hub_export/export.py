@@ -38,6 +38,7 @@ place, so a reader never sees a half-written export.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -114,6 +115,25 @@ def _per_replica_batch_norm(model: Any) -> Iterator[None]:
   finally:
     for layer in layers:
       layer.synchronized = True
+
+
+class _SignatureRenameNoteFilter(logging.Filter):
+  """Drops TF's 'Function `serve` contains input name(s) ...' notes (2,500 characters
+  of variable names per export; the renaming is harmless)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'contains input name(s)' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_signature_rename_notes() -> Iterator[None]:
+  logger = logging.getLogger('absl')
+  note_filter = _SignatureRenameNoteFilter()
+  logger.addFilter(note_filter)
+  try:
+    yield
+  finally:
+    logger.removeFilter(note_filter)
 
 
 def _tf_variable(variable: Any) -> tf.Variable:
@@ -268,7 +288,8 @@ def export_encoder(model: Any,
       with _tracing_for_save(options):
         module = build_hub_module(model, image_size=image_size, weight_decay=weight_decay)
         signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function()}
-      tf.saved_model.save(module, temp_dir, signatures=signatures, options=options)
+      with _without_signature_rename_notes():
+        tf.saved_model.save(module, temp_dir, signatures=signatures, options=options)
     model_card.write_card(temp_dir, model_card.build_card(
         model, image_size=image_size, weight_decay=weight_decay, **(card_context or {})))
     if tf.io.gfile.exists(export_dir):  # overwrite=True
