@@ -72,3 +72,22 @@ def test_float16_skips_overflow_steps_and_tracks_float32():
   deviation = np.max(np.abs(applied - float32)) / float32[0]
   print(f'skipped {num_skipped}; max |float16 - float32| / initial loss {deviation:.4f}')
   assert deviation <= TOLERANCE_OF_INITIAL_LOSS, (deviation, float32, applied)
+
+
+def test_overflow_on_one_replica_skips_the_step_on_all():
+  # MirroredStrategy over 2 logical CPUs needs a fresh process (about 15 s).
+  import json  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  output = subprocess.run([sys.executable, str(root / 'tests' / 'loss_scale_replicas_check.py')],
+                          cwd=root, capture_output=True, text=True, timeout=600, check=True)
+  first, second = json.loads(output.stdout.strip().splitlines()[-1])
+  # Step 1: only replica 1's gradient is Inf; both replicas skip, nothing moves, the
+  # scale halves (4 -> 2) and the step still counts.
+  assert first == {'skipped': [1.0, 1.0], 'variable': [1.0, 2.0], 'scale': 2.0,
+                   'iterations': 1}
+  # Step 2: scaled gradients 2 * 1 and 2 * 2, summed 6, unscaled by 2: 3; SGD 0.5.
+  assert second == {'skipped': [0.0, 0.0], 'variable': [-0.5, 0.5], 'scale': 2.0,
+                    'iterations': 2}
