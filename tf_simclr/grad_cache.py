@@ -145,6 +145,7 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
         variable.assign(value)
 
     values = {}
+    unreached: set[int] = set()
     projection_gradients = None
     if pretrain:
       # Pass 1: projections of every micro-batch, no tape, BN statistics restored.
@@ -187,7 +188,13 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
               tf.argmax(labels, axis=1), tf.argmax(logits, axis=1)), tf.float32))
           surrogate += cross_entropy / (supervised_rows * num_replicas)
           supervised_sums = supervised_sums + tf.stack([cross_entropy, correct])
-      gradients = _zeros_for_none(tape.gradient(surrogate, variables), gradient_sums)
+      raw_gradients = tape.gradient(surrogate, variables)
+      # Traced once: which variables the losses do not reach (e.g. the projection head
+      # when finetuning). They get None, as in the plain step, so the optimizer leaves
+      # them alone instead of decaying them with a zero gradient.
+      unreached.update(index for index, gradient in enumerate(raw_gradients)
+                       if gradient is None)
+      gradients = _zeros_for_none(raw_gradients, gradient_sums)
       with tf.control_dependencies(gradients):
         statistic_sums = [total + tf.cast(tf.convert_to_tensor(variable), total.dtype)
                           for total, variable in zip(statistic_sums, statistics)]
@@ -207,10 +214,14 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
     with tf.GradientTape() as tape:
       weight_decay = optim.weight_decay_loss(model, config.optim)
       scaled_weight_decay = weight_decay / num_replicas
-    decay_gradients = _zeros_for_none(tape.gradient(scaled_weight_decay, variables),
-                                      gradient_sums)
-    gradients = [total + tf.cast(decay, total.dtype)
-                 for total, decay in zip(gradient_sums, decay_gradients)]
+    decay_gradients = tape.gradient(scaled_weight_decay, variables)
+    gradients = []
+    for index, (total, decay) in enumerate(zip(gradient_sums, decay_gradients)):
+      if decay is not None:
+        total += tf.cast(decay, total.dtype)
+      elif index in unreached:
+        total = None
+      gradients.append(total)
     optimizer.apply_gradients(zip(gradients, variables))
 
     loss = values.get('contrast_loss', tf.constant(0.0))
