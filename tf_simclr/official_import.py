@@ -38,6 +38,7 @@ from typing import Any, Collection, Optional
 
 import tensorflow as tf
 
+from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr.models import resnet as resnet_lib
 
@@ -140,7 +141,7 @@ class _ObjectGraph:
     from tensorflow.core.protobuf import trackable_object_graph_pb2  # pylint: disable=g-import-not-at-top
     self.prefix = prefix
     try:
-      self.reader = tf.train.load_checkpoint(prefix)
+      self.reader = checkpoints.checkpoint_reader(prefix)
       self.shapes = self.reader.get_variable_to_shape_map()
     except (tf.errors.OpError, ValueError) as error:
       raise ValueError(f'{flag_name}: {prefix} cannot be read as a checkpoint '
@@ -692,7 +693,7 @@ def load_weights(model: Any, source: OfficialSource, *, include_supervised_head:
   """
   mapping = plan_mapping(model, source, include_supervised_head=include_supervised_head,
                          flag_name=flag_name)
-  reader = tf.train.load_checkpoint(source.prefix)
+  reader = checkpoints.checkpoint_reader(source.prefix)
   try:
     for key, _, variable in mapping:  # One tensor in memory at a time.
       variable.assign(reader.get_tensor(key))
@@ -704,7 +705,7 @@ def load_weights(model: Any, source: OfficialSource, *, include_supervised_head:
 
 def checkpoint_step(source: OfficialSource) -> int:
   """`global_step` of an official checkpoint (0 for a SavedModel, which has none)."""
-  reader = tf.train.load_checkpoint(source.prefix)
+  reader = checkpoints.checkpoint_reader(source.prefix)
   for key in ('global_step/.ATTRIBUTES/VARIABLE_VALUE',
               'optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE'):
     if reader.has_tensor(key):
