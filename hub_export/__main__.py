@@ -105,13 +105,7 @@ def export_run(model_dir: Optional[str],
       raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '
                             'to replace it or choose another directory.')
     hub_export.check_replaceable_export(export_dir)  # Before any work: never a run dir.
-  if checkpoint == 'latest':
-    checkpoint_path = tf.train.latest_checkpoint(model_dir)
-    if checkpoint_path is None:
-      raise FileNotFoundError(f'--model_dir={model_dir} holds no checkpoint (ckpt-*); '
-                              'train first or pass --checkpoint=PATH.')
-  else:
-    checkpoint_path = checkpoints.resolve_checkpoint(checkpoint, '--checkpoint')
+  checkpoint_path = checkpoints.checkpoint_of_run(model_dir, checkpoint)
   model = build_model(config, _num_classes(checkpoint_path))
   checkpoints.restore_or_explain(tf.train.Checkpoint(model=model), checkpoint_path)
   if weight_decay is None:

@@ -111,6 +111,25 @@ def resolve_checkpoint(path: str, flag_name: str = '--checkpoint') -> str:
   return prefix
 
 
+def checkpoint_of_run(model_dir: str, checkpoint: str = 'latest') -> str:
+  """The checkpoint prefix to read from a training run: its newest one for 'latest',
+  else `checkpoint` (a prefix or a directory) resolved.
+
+  Raises:
+    FileNotFoundError: `model_dir` is missing or holds no checkpoint.
+  """
+  if not tf.io.gfile.isdir(model_dir):
+    raise FileNotFoundError(f'--model_dir={model_dir} does not exist; pass the directory '
+                            'of a training run.')
+  if checkpoint != 'latest':
+    return resolve_checkpoint(checkpoint, '--checkpoint')
+  checkpoint_path = tf.train.latest_checkpoint(model_dir)
+  if checkpoint_path is None:
+    raise FileNotFoundError(f'--model_dir={model_dir} holds no checkpoint (ckpt-*); '
+                            'train first or pass --checkpoint=PATH.')
+  return checkpoint_path
+
+
 def checkpoint_reader(checkpoint_path: str) -> Any:
   """`tf.train.load_checkpoint` of a checkpoint prefix or a directory of checkpoints.
 

@@ -132,17 +132,8 @@ def load_run(model_dir: str, checkpoint: str = 'latest'
   from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 
-  if not tf.io.gfile.isdir(model_dir):
-    raise FileNotFoundError(f'--model_dir={model_dir} does not exist; pass the directory '
-                            'of a training run.')
+  checkpoint_path = checkpoints.checkpoint_of_run(model_dir, checkpoint)
   config = config_from_run(model_dir)
-  if checkpoint == 'latest':
-    checkpoint_path = tf.train.latest_checkpoint(model_dir)
-    if checkpoint_path is None:
-      raise FileNotFoundError(f'--model_dir={model_dir} holds no checkpoint (ckpt-*); '
-                              'train first or pass --checkpoint=PATH.')
-  else:
-    checkpoint_path = checkpoints.resolve_checkpoint(checkpoint, '--checkpoint')
   config = config_lib.replace(config, train={
       'train_mode': 'pretrain', 'lineareval_while_pretraining': False,
       'fine_tune_after_block': -1, 'zero_init_logits_layer': False})

@@ -21,48 +21,36 @@ momentum)` with the biased batch variance. Anything this layer does not speciali
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, ContextManager, Mapping, Optional
 
 import keras
 import tensorflow as tf
+
+from tf_simclr.models import shape_choices
 
 _FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
 _enabled = True
 
 
 # Per-shape choices (tf_simclr/models/kernel_choice.py): input shape without the batch
-# -> fused (True) or the Keras computation (False), for unsynchronized statistics;
-# shapes not listed take _default_choice. Synchronized multi-replica BN stays ours
-# (one all-reduce instead of Keras' three).
-_shape_choices: dict[tuple[int, ...], bool] = {}
-_default_choice = True
-# While not None, each call appends its input shape.
-_recorded_shapes: Optional[list[tuple[int, ...]]] = None
+# -> fused (True) or the Keras computation (False), for unsynchronized statistics.
+# Synchronized multi-replica BN stays ours (one all-reduce instead of Keras' three).
+_choices = shape_choices.ShapeChoices()
 
 
 def set_fused_choices(choices: Mapping[tuple[int, ...], bool], default: bool = True) -> None:
   """Per-shape choice between the fused kernel (True) and the Keras computation."""
-  global _default_choice
-  _shape_choices.clear()
-  _shape_choices.update(choices)
-  _default_choice = bool(default)
+  _choices.set(choices, default)
 
 
 def fused_choices() -> tuple[dict[tuple[int, ...], bool], bool]:
   """(per-shape choices, default) currently set."""
-  return dict(_shape_choices), _default_choice
+  return _choices.get()
 
 
-@contextlib.contextmanager
-def recording_shapes() -> Iterator[list[tuple[int, ...]]]:
+def recording_shapes() -> ContextManager[list[tuple[int, ...]]]:
   """Collects the input shape (batch axis left out) of every BN call inside."""
-  global _recorded_shapes
-  previous, _recorded_shapes = _recorded_shapes, []
-  try:
-    yield _recorded_shapes
-  finally:
-    _recorded_shapes = previous
+  return _choices.recording()
 
 
 def set_fused_batch_norm_enabled(enabled: bool) -> None:
@@ -102,12 +90,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     if (self.synchronized and replica_context is not None and
         replica_context.num_replicas_in_sync > 1):
       return False
-    return not _shape_choices.get(shape_key(inputs.shape), _default_choice)
+    return not _choices.ours(shape_key(inputs.shape))
 
   def call(self, inputs, training=None, mask=None):
     inputs = tf.convert_to_tensor(inputs)
-    if _recorded_shapes is not None:
-      _recorded_shapes.append(shape_key(inputs.shape))
+    _choices.record(shape_key(inputs.shape))
     if self._uses_keras_path(inputs, mask):
       return super().call(inputs, training=training, mask=mask)
     channels = inputs.shape[-1]

@@ -22,11 +22,12 @@ at trace time with stride > 1), `conv2d` is the plain convolution with TF's grad
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import ContextManager, Mapping, Optional, Sequence
 
 import tensorflow as tf
+
+from tf_simclr.models import shape_choices
 
 _enabled = True
 # Feature maps up to this many pixels (4 x 4) get the kernel gradient by a conv over
@@ -35,11 +36,9 @@ SMALL_MAP_PIXELS = 16
 
 
 # Per-layer-shape choices (tf_simclr/models/kernel_choice.py): conv_key -> our gradient
-# (True) or TensorFlow's (False); shapes not listed take _default_choice.
-_shape_choices: dict[tuple[int, ...], bool] = {}
-_default_choice = True
-# While not None, conv2d appends (input shape, kernel shape, stride) of each call.
-_recorded_shapes: Optional[list[tuple[tuple[int, ...], tuple[int, ...], int]]] = None
+# (True) or TensorFlow's (False); while recording, conv2d records (input shape, kernel
+# shape, stride) of each call.
+_choices = shape_choices.ShapeChoices()
 
 
 def conv_key(input_shape: Sequence[Optional[int]], kernel_shape: Sequence[int],
@@ -55,26 +54,18 @@ def set_gradient_choices(choices: Mapping[tuple[int, ...], bool],
 
   Read when a layer is called (traced), so set it before building the step function.
   """
-  global _default_choice
-  _shape_choices.clear()
-  _shape_choices.update(choices)
-  _default_choice = bool(default)
+  _choices.set(choices, default)
 
 
 def gradient_choices() -> tuple[dict[tuple[int, ...], bool], bool]:
   """(per-shape choices, default) currently set."""
-  return dict(_shape_choices), _default_choice
+  return _choices.get()
 
 
-@contextlib.contextmanager
-def recording_shapes() -> Iterator[list[tuple[tuple[int, ...], tuple[int, ...], int]]]:
+def recording_shapes(
+) -> ContextManager[list[tuple[tuple[int, ...], tuple[int, ...], int]]]:
   """Collects (input shape, kernel shape, stride) of every conv2d call inside."""
-  global _recorded_shapes
-  previous, _recorded_shapes = _recorded_shapes, []
-  try:
-    yield _recorded_shapes
-  finally:
-    _recorded_shapes = previous
+  return _choices.recording()
 
 
 def set_fast_conv_gradient_enabled(enabled: bool) -> None:
@@ -108,8 +99,8 @@ def uses_fast_gradient(inputs: tf.Tensor, stride: int,
   per-shape choice, see `set_gradient_choices`)."""
   if not _enabled or _accelerator_present():
     return False
-  if kernel_shape is not None and not _shape_choices.get(
-      conv_key(inputs.shape, kernel_shape, stride), _default_choice):
+  if kernel_shape is not None and not _choices.ours(
+      conv_key(inputs.shape, kernel_shape, stride)):
     return False
   if stride == 1:
     return True
@@ -256,9 +247,7 @@ def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
   Returns:
     [B, Ho, Wo, C_out]; its input gradient by forward convolutions on CPU.
   """
-  if _recorded_shapes is not None:
-    _recorded_shapes.append((tuple(inputs.shape.as_list()), tuple(kernel.shape.as_list()),
-                             stride))
+  _choices.record((tuple(inputs.shape.as_list()), tuple(kernel.shape.as_list()), stride))
   if not uses_fast_gradient(inputs, stride, kernel.shape.as_list()):
     return _plain_conv2d(inputs, kernel, stride)
   return conv2d_with_fast_gradient(inputs, kernel, stride)
