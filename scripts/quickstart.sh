@@ -15,7 +15,14 @@ python3 -m venv .venv
 .venv/bin/pip install -q -r requirements.txt
 
 MODEL_DIR="${MODEL_DIR:-/tmp/tf_simclr_quickstart}"
-rm -rf "${MODEL_DIR}"
+if [ -e "${MODEL_DIR}" ]; then
+  if [ -f "${MODEL_DIR}/flags.json" ] || [ -z "$(ls -A "${MODEL_DIR}")" ]; then
+    rm -rf "${MODEL_DIR}"  # An earlier quickstart run (or an empty folder): start afresh.
+  else
+    echo "error: MODEL_DIR=${MODEL_DIR} exists and is not a tf_simclr run; set MODEL_DIR to a new folder." >&2
+    exit 2
+  fi
+fi
 .venv/bin/python run.py --mode=train_then_eval --train_mode=pretrain \
   --dataset=fashion_mnist_local --train_split=train --eval_split='test[:2000]' \
   --image_size=28 --resnet_depth=18 --use_blur=false --color_jitter_strength=0.5 \
