@@ -11,7 +11,7 @@ no --model_dir: its architecture is read from the checkpoint.
 Reads `model_dir/flags.json` to rebuild the model, restores its weights from the
 newest checkpoint in `model_dir` (or `--checkpoint`: a checkpoint prefix such as
 model_dir/ckpt-100, or a directory holding checkpoints) and writes the export (see
-`hub_export.export`). Bad input exits with status 2 and one line on stderr.
+`tf_simclr.export`). Bad input exits with status 2 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def export_run(model_dir: Optional[str],
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   import flags as run_flags  # pylint: disable=g-import-not-at-top
-  import hub_export  # pylint: disable=g-import-not-at-top
+  from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
   from tf_simclr.models import build_model  # pylint: disable=g-import-not-at-top
 
@@ -104,13 +104,13 @@ def export_run(model_dir: Optional[str],
     if not overwrite:
       raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '
                             'to replace it or choose another directory.')
-    hub_export.check_replaceable_export(export_dir)  # Before any work: never a run dir.
+    export_lib.check_replaceable_export(export_dir)  # Before any work: never a run dir.
   checkpoint_path = checkpoints.checkpoint_of_run(model_dir, checkpoint)
   model = build_model(config, _num_classes(checkpoint_path))
   checkpoints.restore_or_explain(tf.train.Checkpoint(model=model), checkpoint_path)
   if weight_decay is None:
     weight_decay = config.optim.weight_decay
-  hub_export.export_encoder(model, export_dir, image_size=config.data.image_size,
+  export_lib.export_encoder(model, export_dir, image_size=config.data.image_size,
                             overwrite=overwrite, weight_decay=weight_decay,
                             card_context={'config': config, 'model_dir': model_dir,
                                           'checkpoint': checkpoint_path,
@@ -129,7 +129,7 @@ def export_official(source: Any, export_dir: str, *, overwrite: bool = False,
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  import hub_export  # pylint: disable=g-import-not-at-top
+  from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
   from tf_simclr.models import build_model  # pylint: disable=g-import-not-at-top
@@ -150,7 +150,7 @@ def export_official(source: Any, export_dir: str, *, overwrite: bool = False,
   official_import.load_weights(model, source)
   if weight_decay is None:
     weight_decay = config.optim.weight_decay
-  hub_export.export_encoder(model, export_dir, image_size=image_size, overwrite=overwrite,
+  export_lib.export_encoder(model, export_dir, image_size=image_size, overwrite=overwrite,
                             weight_decay=weight_decay,
                             card_context={'config': config, 'checkpoint': source.path,
                                           'step': official_import.checkpoint_step(source),

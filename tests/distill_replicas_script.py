@@ -49,14 +49,14 @@ def main() -> None:
   out_dir = pathlib.Path(sys.argv[1])
   cpu = tf.config.list_physical_devices('CPU')[0]
   tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-  import hub_export  # pylint: disable=g-import-not-at-top
+  from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   from tests import distributed_train_script  # pylint: disable=g-import-not-at-top
   from tests import test_distill  # pylint: disable=g-import-not-at-top
   from tests import train_fixtures  # pylint: disable=g-import-not-at-top
   from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
   teacher_dir = out_dir / 'teacher'
   teacher_config = test_distill.write_teacher(teacher_dir)
-  export_dir = hub_export.export_encoder(
+  export_dir = export_lib.export_encoder(
       test_distill.restored_teacher(teacher_config, teacher_dir), str(out_dir / 'export'),
       image_size=IMAGE_SIZE)
   batches = train_fixtures.global_batches(NUM_STEPS, GLOBAL_BATCH, IMAGE_SIZE)

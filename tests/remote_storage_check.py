@@ -70,7 +70,7 @@ def _check(report: dict) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-  import hub_export  # pylint: disable=g-import-not-at-top
+  from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   from hub_export import __main__ as hub_export_main  # pylint: disable=g-import-not-at-top
 
   report['first'] = _run_main('--train_steps=2')
@@ -106,7 +106,7 @@ def _check(report: dict) -> None:
   report['overwrite_kept_everything'] = _listing('ram://bucket') == before
   report['overwrite_export_code'] = hub_export_main.main(
       [f'--model_dir={MODEL_DIR}', f'--export_dir={export_dir}', '--overwrite'])
-  report['is_export'] = hub_export.is_saved_model_export(export_dir)
+  report['is_export'] = export_lib.is_saved_model_export(export_dir)
   report['local_files'] = sorted(os.listdir('.'))
 
 

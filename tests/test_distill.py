@@ -136,10 +136,10 @@ def test_teacher_is_frozen_in_inference_mode_and_the_step_loss_matches_numpy(tmp
 @pytest.mark.slow
 def test_hub_export_teacher_gives_the_checkpoint_teachers_logits(tmp_path):
   # About 8 s idle (the export traces the model); the slow 2-replica test also uses one.
-  import hub_export  # pylint: disable=g-import-not-at-top
+  from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   teacher_dir = tmp_path / 'teacher'
   teacher_config = write_teacher(teacher_dir)
-  export_dir = hub_export.export_encoder(restored_teacher(teacher_config, teacher_dir),
+  export_dir = export_lib.export_encoder(restored_teacher(teacher_config, teacher_dir),
                                          str(tmp_path / 'export'), image_size=IMAGE_SIZE)
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   images = np.random.default_rng(1).uniform(size=(4, IMAGE_SIZE, IMAGE_SIZE, 3))

@@ -16,13 +16,13 @@ from tensorboard.plugins.projector import projector_config_pb2
 from tensorboard.plugins.projector import projector_plugin
 from google.protobuf import text_format
 
-import hub_export
 from hub_export import __main__ as hub_export_main
-from hub_export import model_card
 from tests.test_own_images import cifar_files, link
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import embed
+from tf_simclr import export as export_lib
+from tf_simclr.export import model_card
 from tf_simclr.models import build_model
 
 SIZE = 32
@@ -79,7 +79,7 @@ def test_every_export_carries_a_model_card(run_and_export):
 
 @pytest.mark.slow  # ~15 s idle: one more export.
 def test_an_export_without_run_context_still_has_a_card(tmp_path):
-  hub_export.export_encoder(build_model(config_lib.Config(
+  export_lib.export_encoder(build_model(config_lib.Config(
       model=config_lib.ModelConfig(resnet_depth=18), train=config_lib.TrainConfig(
           lineareval_while_pretraining=False)), None).encoder,
       str(tmp_path / 'bare'), image_size=None)

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import hub_export
 from hub_export import __main__ as hub_export_main
 from tf_simclr import config as config_lib
+from tf_simclr import export as export_lib
 from tf_simclr.models import SimCLRModel, build_model
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def export(tmp_path_factory):
 
   export_dir = str(root / 'export')
   started = time.time()
-  assert hub_export.export_encoder(model, export_dir, image_size=IMAGE_SIZE,
+  assert export_lib.export_encoder(model, export_dir, image_size=IMAGE_SIZE,
                                    weight_decay=WEIGHT_DECAY) == export_dir
   export_seconds = time.time() - started
 
@@ -265,10 +265,10 @@ def _small_model(extra_weight_elements: int = 0) -> keras.Model:
 def test_existing_export_dir_needs_overwrite(tmp_path):
   model = _small_model()
   export_dir = str(tmp_path / 'export')
-  hub_export.export_encoder(model, export_dir, image_size=8)
+  export_lib.export_encoder(model, export_dir, image_size=8)
   with pytest.raises(FileExistsError, match='already exists; pass --overwrite'):
-    hub_export.export_encoder(model, export_dir)
-  hub_export.export_encoder(model, export_dir, image_size=16, overwrite=True)
+    export_lib.export_encoder(model, export_dir)
+  export_lib.export_encoder(model, export_dir, image_size=16, overwrite=True)
   assert int(tf.saved_model.load(export_dir).image_size) == 16
   assert sorted(os.listdir(tmp_path)) == ['export']
 
@@ -279,11 +279,11 @@ def test_export_during_training_keeps_newest(tmp_path):
   stale = saved_model_root / '.7.tmp-somehost-1-abc'  # an earlier killed export
   stale.mkdir(parents=True)
   for step in (5, 10, 15):
-    path = hub_export.export_during_training(model, str(tmp_path), step, keep_hub_module_max=2)
+    path = export_lib.export_during_training(model, str(tmp_path), step, keep_hub_module_max=2)
     assert path == str(saved_model_root / str(step))
   assert sorted(os.listdir(saved_model_root)) == ['10', '15']
-  assert hub_export.latest_export(str(tmp_path)) == str(saved_model_root / '15')
-  hub_export.export_during_training(model, str(tmp_path), 20, keep_hub_module_max=0)
+  assert export_lib.latest_export(str(tmp_path)) == str(saved_model_root / '15')
+  export_lib.export_during_training(model, str(tmp_path), 20, keep_hub_module_max=0)
   assert sorted(os.listdir(saved_model_root)) == ['10', '15', '20']  # 0 keeps all
 
 
@@ -293,8 +293,8 @@ def test_killed_export_leaves_no_export_dir(tmp_path):
   script = (
       'import sys; sys.path.insert(0, sys.argv[2]); sys.path.insert(0, sys.argv[3])\n'
       'from test_hub_export import _small_model\n'
-      'import hub_export\n'
-      'hub_export.export_encoder(_small_model(extra_weight_elements=150_000_000), sys.argv[1])\n')
+      'from tf_simclr import export as export_lib\n'
+      'export_lib.export_encoder(_small_model(extra_weight_elements=150_000_000), sys.argv[1])\n')
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   process = subprocess.Popen([sys.executable, '-c', script, str(export_dir), str(REPO_ROOT),
                               str(REPO_ROOT / 'tests')], env=env, cwd=REPO_ROOT,
@@ -316,7 +316,7 @@ def test_killed_export_leaves_no_export_dir(tmp_path):
   assert not export_dir.exists()
   assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.export.tmp-')]
   # A later export to the same place is not blocked by the leftover.
-  hub_export.export_encoder(_small_model(), str(export_dir))
+  export_lib.export_encoder(_small_model(), str(export_dir))
   assert (export_dir / 'saved_model.pb').is_file()
 
 
@@ -380,7 +380,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, case):
   export_dir = {'overwrite_model_dir': model_dir, 'overwrite_parent': tmp_path}.get(
       case, export_dir)
   if case == 'overwrite_other_files':
-    hub_export.export_encoder(_small_model(), str(export_dir))
+    export_lib.export_encoder(_small_model(), str(export_dir))
     (export_dir / 'notes.txt').write_text('mine')
   if case == 'overwrite_file':
     export_dir.write_text('mine')
@@ -417,7 +417,7 @@ def test_mirrored_strategy_export_fine_tunes_without_strategy(tmp_path):
                  '--inputs', tmp_path / 'inputs.npz', '--reference', tmp_path / 'reference.npz'],
                 timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  export_dir = hub_export.latest_export(str(tmp_path / 'run'))
+  export_dir = export_lib.latest_export(str(tmp_path / 'run'))
   assert export_dir and export_dir.endswith('/2')
   out = _run_consumer('hub_keras_consumer.py', export_dir, tmp_path / 'inputs.npz',
                       tmp_path / 'hub_keras.npz')

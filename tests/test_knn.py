@@ -242,10 +242,10 @@ def test_knn_flags_are_checked():
 
 @pytest.mark.slow  # Saves and loads a SavedModel of ResNet-18.
 def test_hub_feature_fn_equals_the_encoder(tmp_path):
-  import hub_export  # pylint: disable=g-import-not-at-top
+  from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   config = train_fixtures.tiny_config(str(tmp_path / 'run'))
   model = train_lib.build_model_for(config, 10)
-  export_dir = hub_export.export_encoder(model, str(tmp_path / 'hub'), image_size=16,
+  export_dir = export_lib.export_encoder(model, str(tmp_path / 'hub'), image_size=16,
                                          overwrite=True)
   images = tf.constant(np.random.default_rng(0).uniform(size=(3, 16, 16, 3)), tf.float32)
   direct = knn.encoder_feature_fn(model)(images).numpy()

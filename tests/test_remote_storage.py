@@ -17,8 +17,7 @@ import tensorflow as tf
 
 from tests import reliability_helpers as helpers
 from tf_simclr import checkpoints
-
-import hub_export
+from tf_simclr import export as export_lib
 
 
 @pytest.fixture
@@ -70,9 +69,9 @@ def test_export_on_a_remote_file_system(ram_dir):
   from tests.test_hub_export import _small_model  # pylint: disable=g-import-not-at-top
   model = _small_model()
   export_dir = ram_dir + '/exports/small'
-  hub_export.export_encoder(model, export_dir, image_size=8)
-  hub_export.export_encoder(model, export_dir, image_size=16, overwrite=True)
-  assert hub_export.is_saved_model_export(export_dir)
+  export_lib.export_encoder(model, export_dir, image_size=8)
+  export_lib.export_encoder(model, export_dir, image_size=16, overwrite=True)
+  assert export_lib.is_saved_model_export(export_dir)
   assert tf.io.gfile.listdir(ram_dir + '/exports') == ['small']  # no temporaries left
   loaded = tf.saved_model.load(export_dir)
   assert int(loaded.image_size) == 16

@@ -247,7 +247,7 @@ def test_resume_with_changed_flags(pretrained, tmp_path):
 
 def test_rerun_finishes_an_export_killed_at_the_end(pretrained, strategy, batches, tmp_path):
   """A run killed (-9) during its last export: the same command exports and cleans up."""
-  import hub_export  # pylint: disable=g-import-not-at-top
+  from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   config, _ = pretrained
   model_dir = tmp_path / 'run'
   shutil.copytree(config.train.model_dir, model_dir)
@@ -259,4 +259,4 @@ def test_rerun_finishes_an_export_killed_at_the_end(pretrained, strategy, batche
                            data_sizes=SIZES, verbose=False)
   assert result['global_step'] == STEPS
   assert os.listdir(model_dir / 'saved_model') == [str(STEPS)]
-  assert hub_export.is_saved_model_export(str(model_dir / 'saved_model' / str(STEPS)))
+  assert export_lib.is_saved_model_export(str(model_dir / 'saved_model' / str(STEPS)))

@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
+from tf_simclr import export as export_lib
 from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import optim
@@ -86,8 +87,7 @@ def _our_export(path: str) -> Optional[str]:
   if _is_export(path):
     return path
   if tf.io.gfile.isdir(path) and not checkpoints.latest_complete_checkpoint(path):
-    import hub_export  # pylint: disable=g-import-not-at-top
-    return hub_export.latest_export(path)
+    return export_lib.latest_export(path)
   return None
 
 

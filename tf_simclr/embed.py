@@ -110,7 +110,7 @@ def list_images(images: str, labels: str = 'auto'
 def load_export(export_dir: str) -> tuple[Callable[[tf.Tensor], dict[str, tf.Tensor]], int,
                                           dict[str, Any]]:
   """(serve function, training image size, model card) of a hub export."""
-  from hub_export import model_card  # pylint: disable=g-import-not-at-top
+  from tf_simclr.export import model_card  # pylint: disable=g-import-not-at-top
   card = model_card.read_card(export_dir)
   loaded = tf.saved_model.load(export_dir)
   image_size = int(card.get('input', {}).get('training_image_size') or 0)

@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
+from tf_simclr import export as export_lib
 from tf_simclr import grad_cache
 from tf_simclr import jit
 from tf_simclr import loss_scale
@@ -274,20 +275,13 @@ def export_hub_module(model: SimCLRModel, config: config_lib.Config, step: int,
                       chief: bool = True) -> Optional[str]:
   """Exports the encoder to model_dir/saved_model/<step>/, keeping the newest ones.
 
-  `hub_export.export_during_training`: written to a temporary directory and renamed,
+  `export.export_during_training`: written to a temporary directory and renamed,
   so a kill mid-export leaves the previous export; keeps `keep_hub_module_max`
   exports (0 keeps all, as the official code); the regularization losses use the
   run's --weight_decay. Call on every worker (non-chief ones export to a scratch
-  directory). Returns the export directory (None off the chief), or None with a note
-  on stderr when `hub_export` is missing.
+  directory). Returns the export directory (None off the chief).
   """
-  try:
-    import hub_export  # pylint: disable=g-import-not-at-top
-    export_during_training = hub_export.export_during_training
-  except (ImportError, AttributeError) as error:
-    print(f'note: hub export skipped ({error}).', file=sys.stderr, flush=True)
-    return None
-  return export_during_training(
+  return export_lib.export_during_training(
       model, config.train.model_dir, step, config.export.keep_hub_module_max,
       image_size=config.data.image_size, weight_decay=config.optim.weight_decay,
       is_chief=chief, card_context={'config': config})

@@ -18,7 +18,7 @@ import keras  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import hub_export  # pylint: disable=g-import-not-at-top
+from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr.losses import nt_xent_loss
 from tf_simclr.models import SimCLRModel
 
@@ -66,7 +66,7 @@ def main() -> None:
     train_step(next(iterator))
   # As a training loop would call it, inside the strategy scope.
   with strategy.scope():
-    hub_export.export_during_training(model, args.model_dir, 2, keep_hub_module_max=1,
+    export_lib.export_during_training(model, args.model_dir, 2, keep_hub_module_max=1,
                                       image_size=32)
 
   # Reference: the trained weights copied into a model without a strategy.

@@ -49,7 +49,7 @@ import keras
 
 import tensorflow as tf
 
-from hub_export import model_card
+from tf_simclr.export import model_card
 from tf_simclr.models import resnet
 from tf_simclr.optim import variable_path
 
@@ -251,7 +251,7 @@ def export_encoder(model: Any,
   """Saves `model` as a TF Hub reusable SavedModel (see the module docstring).
 
   The export carries a model card (README.md, model_card.json, Kaggle metadata:
-  `hub_export.model_card`), built from `model` and `card_context`.
+  `tf_simclr.export.model_card`), built from `model` and `card_context`.
 
   Args:
     model: a SimCLRModel (or any Keras model returning a dict with 'final_avg_pool').

@@ -106,15 +106,15 @@ def build_card(model: Any,
     command: the command that made the export (default: this process's).
     license_name: the licence of the weights (SPDX name).
   """
-  from hub_export import export as export_lib  # pylint: disable=g-import-not-at-top
+  from tf_simclr.export import hub_module  # pylint: disable=g-import-not-at-top
   import tf_simclr  # pylint: disable=g-import-not-at-top
-  encoder = export_lib._encoder_of(model)  # pylint: disable=protected-access
+  encoder = hub_module._encoder_of(model)  # pylint: disable=protected-access
   model_config = model.get_config() if hasattr(model, 'get_config') else {}
   architecture = {key: model_config[key] for key in _ARCHITECTURE_KEYS if key in model_config}
   outputs = {}
   for name, tensor in (getattr(encoder, 'output', None) or {}).items():
     outputs[name] = [None] + [int(d) if d is not None else None for d in tensor.shape[1:]]
-  feature_dim = outputs.get(export_lib.FEATURE_VECTOR_KEY, [None, None])[-1]
+  feature_dim = outputs.get(hub_module.FEATURE_VECTOR_KEY, [None, None])[-1]
   flags = config.flat_dict() if config is not None else None
   card = {
       'name': (f'SimCLR ResNet-{architecture.get("resnet_depth", "?")} '
@@ -126,12 +126,12 @@ def build_card(model: Any,
                 'contract': INPUT_CONTRACT},
       'outputs': {
           'feature_vector': {'call': '__call__(images) / hub.KerasLayer',
-                             'endpoint': export_lib.FEATURE_VECTOR_KEY,
+                             'endpoint': hub_module.FEATURE_VECTOR_KEY,
                              'dtype': 'float32', 'shape': [None, feature_dim]},
           'endpoints': {'call': "serve(images) / train_call(images) / signature "
-                                f"'{export_lib.SERVING_SIGNATURE}'",
+                                f"'{hub_module.SERVING_SIGNATURE}'",
                         'encoder_shapes': outputs,
-                        'names': [name for name in export_lib.ENDPOINT_NAMES]},
+                        'names': [name for name in hub_module.ENDPOINT_NAMES]},
       },
       'architecture': architecture,
       'parameters': {
