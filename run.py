@@ -14,9 +14,12 @@ stopped by Ctrl-C and 143 by SIGTERM, after saving a checkpoint when training (r
 same command again to resume).
 """
 
+import errno
 import os
+import re
 import signal
 import sys
+import uuid
 
 # TensorFlow's C++ INFO lines (e.g. 100 collective lines per run with
 # --num_cpu_devices=2) off unless asked for; warnings and errors still show.
@@ -28,6 +31,7 @@ from absl import flags as absl_flags
 
 import flags as simclr_flags
 from tf_simclr import config as config_lib
+from tf_simclr import cuda_quiet
 from tf_simclr import strategy as strategy_lib
 
 # `run.py --help` lists our flags and the official ones, not only absl's.
@@ -79,11 +83,18 @@ def _read_text(path: str) -> str | None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with a bad value turned into one line and exit code 2."""
+  """absl flag parsing with a bad value turned into one line and exit code 2.
+
+  Then TF's devices are set up, without its `failed call to cuInit` line when there
+  is no GPU: here, because `app.run` calls TF's own device lookups (registered with
+  `app.call_after_init`) between parsing the flags and `main`.
+  """
   try:
-    return absl_flags.FLAGS(argv)
+    remaining = absl_flags.FLAGS(argv)
   except absl_flags.Error as error:
     fail(str(error))
+  cuda_quiet.initialize_devices()
+  return remaining
 
 
 def main(argv: list[str]) -> None:
@@ -139,12 +150,17 @@ def main(argv: list[str]) -> None:
   def fail_on_io_error(error: BaseException) -> None:
     """One line for a file system error (disk full, permissions, unreadable file)."""
     trained = not nothing_trained()
+    if chief and mode != 'eval':
+      try:  # A save cut short (e.g. by a full disk) leaves ckpt-N_temp/: free its space.
+        checkpoints.remove_partial_saves(model_dir)
+      except (OSError, tf.errors.OpError):
+        pass  # A read-only or vanished model_dir: the next start deletes them.
     undo_failed_start()
-    latest = checkpoints.latest_complete_checkpoint(model_dir) if chief else None
-    advice = (f'the last checkpoint {latest} is kept: fix the cause (e.g. free disk space) '
-              'and run the same command to resume.' if latest else
-              'fix the cause (disk space, permissions, the files named) and run again.')
-    fail(f'{_describe_error(error)}; {advice}', EXIT_RUNTIME_ERROR if trained else
+    try:
+      latest = checkpoints.latest_complete_checkpoint(model_dir) if chief else None
+    except (OSError, tf.errors.OpError):
+      latest = None
+    fail(_describe_io_error(error, model_dir, latest), EXIT_RUNTIME_ERROR if trained else
          EXIT_BAD_INPUT)
 
   try:
@@ -239,13 +255,49 @@ def _describe_error(error: BaseException) -> str:
   lines = [line.strip() for line in str(error).splitlines() if line.strip() and not
            line.strip().startswith(('Graph execution error', 'Detected at node', 'File ',
                                     '[[', 'Traceback'))]
-  reason = lines[0][:300] if lines else ''
+  # TF's eager errors start with `{{function_node __wrapped__SaveV2_...}}` and end
+  # with ` [Op:SaveV2]`: the path and the reason are in between.
+  reason = re.sub(r'^\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]$', '',
+                  lines[0]) if lines else ''
+  reason = reason[:300]
   return f'{type(error).__name__}: {reason}' if reason else type(error).__name__
 
 
+def _io_error_kind(error: BaseException) -> str | None:
+  """'disk full', 'read-only file system' or 'permission denied' when `error` (an
+  OSError or a TF error) says so; else None."""
+  text = str(error)
+  number = getattr(error, 'errno', None)
+  if number in (errno.ENOSPC, errno.EDQUOT) or any(
+      reason in text for reason in ('No space left on device', 'Disk quota exceeded')):
+    return 'disk full'
+  if number == errno.EROFS or 'Read-only file system' in text:
+    return 'read-only file system'
+  if number in (errno.EACCES, errno.EPERM) or 'Permission denied' in text:
+    return 'permission denied'
+  return None
+
+
+def _describe_io_error(error: BaseException, model_dir: str, latest: str | None) -> str:
+  """The message of a file system error: what happened, where, and what to do."""
+  kind = _io_error_kind(error)
+  where = f' in --model_dir={model_dir}' if model_dir and model_dir in str(error) else ''
+  details = _describe_error(error)
+  remedy = {'disk full': 'free disk space (or pass another --model_dir)',
+            'read-only file system': 'make --model_dir writable',
+            'permission denied': 'make the files named writable'}.get(kind, 'fix the cause')
+  if latest:
+    advice = (f'the last checkpoint {latest} is kept: {remedy} and run the same command '
+              'to resume.')
+  else:
+    advice = f'{remedy} and run again.'
+  head = f'{kind}{where} ({details})' if kind else details + where
+  return f'{head}; {advice}'
+
+
 def _check_model_dir(model_dir: str) -> None:
-  """Exits with one line when --model_dir is a file, is under a file or (locally) is
-  not writable (nothing is created)."""
+  """Exits with one line when --model_dir is a file, is under a file or is not writable
+  (tested by writing and deleting a hidden file; nothing else is created)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if tf.io.gfile.exists(model_dir) and not tf.io.gfile.isdir(model_dir):
     fail(f'--model_dir={model_dir} is a file; pass a folder (new, or of a run to resume).')
@@ -258,9 +310,30 @@ def _check_model_dir(model_dir: str) -> None:
     existing = parent
   if existing and existing != model_dir and not tf.io.gfile.isdir(existing):
     fail(f'--model_dir={model_dir} is under {existing}, which is a file; pass a folder path.')
-  if existing and '://' not in existing and not os.access(existing, os.W_OK | os.X_OK):
-    fail(f'--model_dir={model_dir}: {existing} is not writable; pass a folder you can write '
-         'to.')
+  # Write a file and delete it (through tf.io.gfile, so gs:// too): the permission bits
+  # alone do not tell (root, read-only mounts, bucket permissions).
+  if '://' in model_dir:
+    probe_dir = model_dir  # Object stores need no folder; ram:// one that exists.
+  else:
+    probe_dir = existing or '.'  # '' only for a relative path: the working directory.
+  probe = os.path.join(probe_dir, f'.tf_simclr_write_test.{uuid.uuid4().hex}.tmp')
+  try:
+    with tf.io.gfile.GFile(probe, 'w') as probe_file:
+      probe_file.write('')
+  except (OSError, tf.errors.OpError) as error:
+    if '://' in model_dir and isinstance(error, tf.errors.NotFoundError):
+      return  # A file system that needs folders (ram://): makedirs comes first.
+    state = {'disk full': 'on a full disk', 'read-only file system':
+             'on a read-only file system', 'permission denied': 'not writable'}.get(
+                 _io_error_kind(error))
+    fail(f'--model_dir={model_dir}: {probe_dir} is ' + (
+        state or f'not writable ({_describe_error(error)})') + '; pass a folder you can '
+        'write to.')
+  try:
+    tf.io.gfile.remove(probe)
+  except (OSError, tf.errors.OpError) as error:
+    fail(f'--model_dir={model_dir}: cannot delete the test file {probe} '
+         f'({_describe_error(error)}); pass a folder where files can be written and deleted.')
 
 
 def cli() -> None:

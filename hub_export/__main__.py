@@ -160,6 +160,8 @@ def export_official(source: Any, export_dir: str, *, overwrite: bool = False,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parse_args(argv)
+  from tf_simclr import cuda_quiet  # pylint: disable=g-import-not-at-top
+  cuda_quiet.initialize_devices()  # Without TF's cuInit error line on a CPU machine.
   try:
     export_dir, checkpoint_path = export_run(
         args.model_dir, args.export_dir, checkpoint=args.checkpoint,

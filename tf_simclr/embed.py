@@ -38,6 +38,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from tf_simclr import cuda_quiet  # pylint: disable=g-import-not-at-top
 from tf_simclr.data import augment  # pylint: disable=g-import-not-at-top
 from tf_simclr.data import datasets  # pylint: disable=g-import-not-at-top
 
@@ -421,6 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parse_args(argv)
+  cuda_quiet.initialize_devices()  # Without TF's cuInit error line on a CPU machine.
   try:
     result = run(args)
   except (FileNotFoundError, FileExistsError, ValueError) as error:

@@ -76,6 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument('--scale', type=int, default=4, help='Nearest-neighbour upscaling.')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
+  from tf_simclr import cuda_quiet  # pylint: disable=g-import-not-at-top
+  cuda_quiet.initialize_devices()  # Without TF's cuInit error line on a CPU machine.
   config = dataclasses.replace(
       DataConfig(), dataset=args.dataset, data_dir=args.data_dir, train_split=args.split,
       image_size=args.image_size, color_jitter_strength=args.color_jitter_strength,
