@@ -319,21 +319,32 @@ def _check_model_dir(model_dir: str) -> None:
   probe = os.path.join(probe_dir, f'.tf_simclr_write_test.{uuid.uuid4().hex}.tmp')
   try:
     with tf.io.gfile.GFile(probe, 'w') as probe_file:
-      probe_file.write('')
+      probe_file.write('x')  # A byte: an object store may skip an empty upload.
   except (OSError, tf.errors.OpError) as error:
-    if '://' in model_dir and isinstance(error, tf.errors.NotFoundError):
-      return  # A file system that needs folders (ram://): makedirs comes first.
-    state = {'disk full': 'on a full disk', 'read-only file system':
-             'on a read-only file system', 'permission denied': 'not writable'}.get(
-                 _io_error_kind(error))
-    fail(f'--model_dir={model_dir}: {probe_dir} is ' + (
-        state or f'not writable ({_describe_error(error)})') + '; pass a folder you can '
-        'write to.')
+    write_error = error
+  else:
+    write_error = None
   try:
-    tf.io.gfile.remove(probe)
+    tf.io.gfile.remove(probe)  # Also after a failed write (e.g. a full disk).
+  except tf.errors.NotFoundError:
+    pass
   except (OSError, tf.errors.OpError) as error:
-    fail(f'--model_dir={model_dir}: cannot delete the test file {probe} '
-         f'({_describe_error(error)}); pass a folder where files can be written and deleted.')
+    if write_error is None:
+      fail(f'--model_dir={model_dir}: cannot delete the test file {probe} '
+           f'({_describe_error(error)}); pass a folder where files can be written and '
+           'deleted.')
+  if write_error is None:
+    return
+  if '://' in model_dir and isinstance(write_error, tf.errors.NotFoundError):
+    return  # A file system that needs folders (ram://): makedirs comes first.
+  state = {'disk full': 'on a full disk; free disk space or pass another folder.',
+           'read-only file system': 'on a read-only file system; pass a folder you can '
+                                    'write to.',
+           'permission denied': 'not writable; pass a folder you can write to.'}.get(
+               _io_error_kind(write_error))
+  fail(f'--model_dir={model_dir}: {probe_dir} is ' + (
+      state or f'not writable ({_describe_error(write_error)}); pass a folder you can '
+      'write to.'))
 
 
 def cli() -> None:

@@ -85,9 +85,10 @@ def _assert_resumes(command, latest, log_path) -> None:
   assert f'Resuming from {latest}.' in log, log[-3000:]
 
 
-def test_read_only_model_dir_is_refused_before_anything_is_written(tmp_path, capsys):
+def test_unwritable_model_dir_is_refused_before_anything_is_written(tmp_path, capsys):
   """A model_dir on a read-only file system (as root, the permission bits would not
-  tell): exit 2, one line, checked by writing a test file through tf.io.gfile."""
+  tell) or a full disk: exit 2, one line, checked by writing a test file through
+  tf.io.gfile and deleting it."""
   import run  # pylint: disable=g-import-not-at-top
   with _tmpfs(tmp_path / 'ro', 'ro,size=1m') as read_only:
     for model_dir in (read_only, read_only / 'new' / 'run'):
@@ -98,6 +99,15 @@ def test_read_only_model_dir_is_refused_before_anything_is_written(tmp_path, cap
       assert error == (f'error: --model_dir={model_dir}: {read_only} is on a read-only file '
                        'system; pass a folder you can write to.'), error
     assert os.listdir(read_only) == []
+  with _tmpfs(tmp_path / 'full', 'size=64k') as full:  # A full disk: the test file is
+    (full / 'filler').write_bytes(b'x' * 64 * 1024)  # made, cannot be written, and is
+    with pytest.raises(SystemExit) as exit_:  # deleted.
+      run._check_model_dir(str(full / 'run'))  # pylint: disable=protected-access
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f'error: --model_dir={full / "run"}: {full} is on a full disk; free '
+                     'disk space or pass another folder.'), error
+    assert os.listdir(full) == ['filler']
   with _tmpfs(tmp_path / 'rw', 'size=1m') as writable:  # The same check passes, and
     run._check_model_dir(str(writable / 'run'))  # pylint: disable=protected-access
     assert os.listdir(writable) == []  # its test file is gone.
