@@ -1,4 +1,5 @@
-"""run.py and hub_export with every path on TF's in-process ram:// file system.
+"""run.py and hub_export with every path (data, model_dir, exports) on TF's in-process
+ram:// file system.
 
     python tests/remote_storage_check.py IMAGE_FOLDER WORK_DIR
 
@@ -27,11 +28,12 @@ from absl import flags as absl_flags  # noqa: E402
 import run  # noqa: E402
 
 MODEL_DIR = 'ram://bucket/runs/r18'
+DATA_DIR = 'ram://bucket/data'  # IMAGE_FOLDER, copied: the images are read from ram:// too.
 
 
 def _run_main(*extra: str) -> dict:
   """run.main with the tiny run's flags; {'code', 'stdout', 'stderr'}."""
-  argv = ['run.py', '--dataset=image_folder', f'--data_dir={sys.argv[1]}',
+  argv = ['run.py', '--dataset=image_folder', f'--data_dir={DATA_DIR}',
           '--train_split=train', '--eval_split=test', '--image_size=16',
           '--resnet_depth=18', '--proj_out_dim=16', '--train_batch_size=8',
           '--eval_batch_size=8', '--checkpoint_steps=1', '--keep_checkpoint_max=2',
@@ -73,6 +75,11 @@ def _check(report: dict) -> None:
   from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   from hub_export import __main__ as hub_export_main  # pylint: disable=g-import-not-at-top
 
+  for folder, _, files in tf.io.gfile.walk(sys.argv[1]):
+    target = DATA_DIR + folder[len(sys.argv[1]):]
+    tf.io.gfile.makedirs(target)
+    for name in files:
+      tf.io.gfile.copy(os.path.join(folder, name), f'{target}/{name}')
   report['first'] = _run_main('--train_steps=2')
   report['after_first'] = _listing(MODEL_DIR)
   # The same command with more steps resumes (the bug: it started again at step 0).

@@ -6,6 +6,7 @@ PIL, a NumPy idx parser).
 
 import collections
 import gzip
+import io
 import logging
 import os
 import pathlib
@@ -269,17 +270,25 @@ def test_image_folder_skips_and_counts_bad_files(tmp_path, caplog):
   (class_dir / 'corrupt.jpg').write_bytes(os.urandom(300))
   good_jpeg = (class_dir / '000.jpg').read_bytes()
   (class_dir / 'truncated.jpg').write_bytes(good_jpeg[:len(good_jpeg) // 3])
+  # Corrupt inside, with its end marker: passes the scan, fails to decode.
+  (class_dir / 'inside.jpg').write_bytes(good_jpeg[:len(good_jpeg) // 3] + b'\xff\xd9')
   gray = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
   _write_image(tmp_path / 'test' / 'class_2' / 'gray.png', gray)
   config = DataConfig(dataset='image_folder', data_dir=str(tmp_path), train_split='train',
                       eval_split='test', image_size=16)
   with caplog.at_level(logging.WARNING):
     info = datasets.get_dataset_info(config)
-  # 6 good + truncated pass the name and header checks; notes.txt and corrupt.jpg do not.
-  assert info.num_train_examples == 7 and info.num_skipped_files == 2
+  # 6 good + inside.jpg pass the scan; notes.txt, corrupt.jpg and truncated.jpg do not.
+  assert info.num_train_examples == 7 and info.num_skipped_files == 3
   assert info.num_classes == 3 and info.class_names == ('class_0', 'class_1', 'class_2')
-  assert 'skipped 2 of 9 files' in caplog.text
-  # The truncated JPEG fails to decode and is skipped by the pipeline, not the run.
+  assert 'skipped 3 of 10 files' in caplog.text
+  # Each unreadable image file named once, on its own line, with the count.
+  named = [line for line in caplog.text.splitlines() if 'image_folder: skipped ' in line]
+  assert len(named) == 2, named
+  assert f'skipped {class_dir / "corrupt.jpg"}: not a JPEG' in named[0]
+  assert f'skipped {class_dir / "truncated.jpg"}: truncated or corrupt' in named[1]
+  assert '(unreadable file 2 of 2 in ' in named[1]
+  # inside.jpg fails to decode and is skipped by the pipeline, not the run.
   input_fn = datasets.build_input_fn(config, split='train', is_training=False,
                                      train_mode='finetune', global_batch_size=4)
   keys, batches = _collect_eval(input_fn, 1, 1)
@@ -292,6 +301,58 @@ def test_image_folder_skips_and_counts_bad_files(tmp_path, caplog):
   np.testing.assert_array_equal(np.round(image[..., 0] * 255), gray)
   np.testing.assert_array_equal(image[..., 0], image[..., 2])
   np.testing.assert_array_equal(batch['label'].numpy()[0], [0, 0, 1])
+
+
+def test_image_file_problem_finds_truncated_files(tmp_path):
+  """Truncated JPEG/PNG/GIF files are named at listing time; valid files with bytes after
+  their end marker are kept (decided by decoding them); the verdict matches PIL's."""
+  pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  encoded = {}
+  for kind in ('JPEG', 'PNG', 'GIF', 'BMP'):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind)
+    encoded[kind] = buffer.getvalue()
+  cases = {'random.jpg': os.urandom(200), 'empty.png': b''}
+  for kind, data in encoded.items():
+    cases[f'good.{kind}'] = data
+    cases[f'trailing_bytes.{kind}'] = data + b'\0' * 40
+    if kind != 'BMP':  # BMP has no end marker: a truncated one fails in the pipeline.
+      cases[f'truncated.{kind}'] = data[:len(data) // 2]
+  for name, data in cases.items():
+    (tmp_path / name).write_bytes(data)
+    try:  # The reference: PIL decodes the whole file, or fails.
+      with Image.open(tmp_path / name) as image:
+        image.load()
+      pil_reads = True
+    except (OSError, SyntaxError):
+      pil_reads = False
+    problem = datasets.image_file_problem(str(tmp_path / name))
+    assert (problem is None) == pil_reads, (name, problem)
+  assert 'truncated or corrupt' in datasets.image_file_problem(str(tmp_path / 'truncated.JPEG'))
+  assert 'no image signature' in datasets.image_file_problem(str(tmp_path / 'random.jpg'))
+  assert 'cannot be read' in datasets.image_file_problem(str(tmp_path / 'absent.jpg'))
+
+
+def test_a_class_only_in_the_eval_split_is_one_clear_line(tmp_path):
+  _constant_color_folder(tmp_path, 6)  # train/class_0..2
+  for class_name in ('class_0', 'class_3'):
+    _write_image(tmp_path / 'test' / class_name / '0.png', np.zeros((8, 8, 3), np.uint8))
+  (tmp_path / 'test' / 'class_1').mkdir()  # An empty folder is no class of the split.
+  config = DataConfig(dataset='image_folder', data_dir=str(tmp_path), train_split='train[:50%]',
+                      eval_split='test', image_size=8)
+  with pytest.raises(ValueError) as error:
+    datasets.get_dataset_info(config)
+  message = str(error.value)
+  assert '\n' not in message and message.startswith('--eval_split=test: class ')
+  assert f"'class_3' ({tmp_path / 'test' / 'class_3'}) has no images" in message
+  assert f'--train_split=train[:50%] folder(s) {tmp_path / "train"};' in message
+  # Where the eval split is not read, or is a slice of the training folder: no error.
+  info = datasets.get_dataset_info(config, with_eval=False)
+  assert info.class_names == ('class_0', 'class_1', 'class_2', 'class_3')
+  datasets.get_dataset_info(DataConfig(dataset='image_folder', data_dir=str(tmp_path),
+                                       train_split='train[:50%]', eval_split='train[50%:]'))
+  datasets.get_dataset_info(DataConfig(dataset='image_folder', data_dir=str(tmp_path),
+                                       train_split='train+test', eval_split='test'))
 
 
 def test_image_folder_errors_are_one_clear_line(tmp_path):

@@ -525,15 +525,16 @@ def test_home_paths_are_expanded_and_help_lists_our_flags():
 
 @pytest.mark.slow
 def test_all_training_images_corrupt_is_one_line(tmp_path):
-  """Files with a PNG signature and garbage after it pass the folder scan, then all fail
-  to decode: one ValueError line instead of a 138-line OutOfRangeError (~30 s idle)."""
+  """Files with a PNG signature and end marker and garbage between pass the folder scan,
+  then all fail to decode: one ValueError line instead of a 138-line OutOfRangeError
+  (~30 s idle)."""
   root = tmp_path / 'data'
   for split in ('train', 'test'):
     for class_name in ('a', 'b'):
       (root / split / class_name).mkdir(parents=True)
       for index in range(4):
         (root / split / class_name / f'{index}.png').write_bytes(
-            b'\x89PNG\r\n\x1a\n' + b'garbage' * 20)
+            b'\x89PNG\r\n\x1a\n' + b'garbage' * 20 + b'IEND\xaeB`\x82')
   data = config_lib.DataConfig(dataset='image_folder', data_dir=str(root),
                                train_split='train', eval_split='test', image_size=16,
                                use_blur=False)

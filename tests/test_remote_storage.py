@@ -5,7 +5,11 @@ with `os`/`open` instead of tf.io.gfile fails there, or creates a local `./ram:/
 folder, which these tests look for in the working directory.
 """
 
+import csv
+import dataclasses
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +21,10 @@ import tensorflow as tf
 
 from tests import reliability_helpers as helpers
 from tf_simclr import checkpoints
+from tf_simclr import embed
 from tf_simclr import export as export_lib
+from tf_simclr.config import DataConfig
+from tf_simclr.data import datasets
 
 
 @pytest.fixture
@@ -78,6 +85,86 @@ def test_export_on_a_remote_file_system(ram_dir):
   images = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype(np.float32)
   expected = model(images, training=False)['final_avg_pool'].numpy()
   np.testing.assert_allclose(loaded(images).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def _write_remote_image(path: str, pixels: np.ndarray) -> bytes:
+  data = tf.io.encode_png(pixels).numpy()
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, 'wb') as image_file:
+    image_file.write(data)
+  return data
+
+
+def _eval_examples(config, split: str) -> list[tuple[bytes, int]]:
+  """(image bytes rounded to uint8, label) of every example the eval pipeline yields."""
+  input_fn = datasets.build_input_fn(config, split=split, is_training=False,
+                                     train_mode='finetune', global_batch_size=4)
+  examples = []
+  for batch in input_fn(None):
+    for image, label, mask in zip(batch['image'].numpy(), batch['label'].numpy(),
+                                  batch['mask'].numpy()):
+      if mask:
+        examples.append((np.round(image * 255).astype(np.uint8).tobytes(),
+                         int(np.argmax(label)) if label.size else -1))
+  return examples
+
+
+def test_image_folder_and_embed_on_a_remote_file_system(ram_dir, caplog):
+  """--data_dir and embed's --images / --out on ram://, as for gs:// (~5 s idle).
+
+  The reference is what the test wrote: each PNG's pixels and its class folder.
+  """
+  from tests.test_hub_export import _small_model  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  data_dir = ram_dir + '/data'
+  written = {'train': [], 'test': []}  # (pixels bytes, label)
+  for split, per_class in (('train', 4), ('test', 2)):
+    for label, class_name in enumerate(('ant', 'bee', 'cat')):
+      for index in range(per_class):
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        data = _write_remote_image(f'{data_dir}/{split}/{class_name}/{index}.png', pixels)
+        written[split].append((pixels.tobytes(), label))
+  with tf.io.gfile.GFile(f'{data_dir}/train/ant/cut.png', 'wb') as cut_file:
+    cut_file.write(data[:len(data) // 2])  # A truncated PNG: named and skipped.
+  with tf.io.gfile.GFile(f'{data_dir}/train/bee/notes.txt', 'w') as notes_file:
+    notes_file.write('not an image')
+  config = DataConfig(dataset='image_folder', data_dir=data_dir + '/', train_split='train',
+                      eval_split='test', image_size=8)
+  with caplog.at_level(logging.WARNING):
+    info = datasets.get_dataset_info(config)
+  assert (info.num_train_examples, info.num_eval_examples) == (12, 6)
+  assert info.class_names == ('ant', 'bee', 'cat') and info.num_skipped_files == 2
+  assert f'skipped {data_dir}/train/ant/cut.png: truncated or corrupt' in caplog.text
+  for split in ('train', 'test'):
+    assert sorted(_eval_examples(config, split)) == sorted(written[split])
+  # Slices: shuffled before slicing (every class in a half), together the whole split.
+  first, second = (_eval_examples(config, split) for split in ('train[:50%]', 'train[50%:]'))
+  assert len(first) == 6 and {label for _, label in first} == {0, 1, 2}
+  assert sorted(first + second) == sorted(written['train'])
+  # Unlabelled, read recursively.
+  unlabelled = dataclasses.replace(config, image_folder_labels='none')
+  assert datasets.get_dataset_info(unlabelled).num_classes == 0
+  assert sorted(image for image, _ in _eval_examples(unlabelled, 'test')) == sorted(
+      image for image, _ in written['test'])
+  # python -m tf_simclr.embed with the export, the images and the output on ram://.
+  model = _small_model()
+  export_dir = ram_dir + '/export'
+  export_lib.export_encoder(model, export_dir, image_size=8)
+  out = ram_dir + '/out'
+  assert embed.main([f'--export_dir={export_dir}', f'--images={data_dir}/train',
+                     f'--out={out}', '--batch_size=5']) == 0
+  with tf.io.gfile.GFile(out + '/embeddings.npy', 'rb') as npy_file:
+    embeddings = np.load(io.BytesIO(npy_file.read()))
+  with tf.io.gfile.GFile(out + '/files.csv') as files_file:
+    rows = list(csv.reader(files_file))[1:]
+  with tf.io.gfile.GFile(out + '/skipped.csv') as skipped_file:
+    skipped = list(csv.reader(skipped_file))[1:]
+  assert sorted(path.rsplit('/', 1)[1] for path, _ in skipped) == ['cut.png', 'notes.txt']
+  assert [row[2] for row in rows] == ['ant'] * 4 + ['bee'] * 4 + ['cat'] * 4
+  images = np.stack([np.frombuffer(pixels, np.uint8).reshape(8, 8, 3)
+                     for pixels, _ in written['train']]).astype(np.float32) / 255
+  expected = model(images, training=False)['final_avg_pool'].numpy()
+  np.testing.assert_allclose(embeddings, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -113,13 +113,23 @@ BAD_INPUTS = (
 def test_bad_input_is_one_line_and_exit_2(tmp_path, cifar10_dir):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   env.pop('TF_CONFIG', None)
+  # A class folder only in the eval split (test/frog): its images could never be learnt.
+  extra_class = tmp_path / 'extra_class'
+  for split, class_names in (('train', ('cat', 'ship')), ('test', ('cat', 'frog', 'ship'))):
+    (extra_class / split).mkdir(parents=True)
+    for class_name in class_names:
+      (extra_class / split / class_name).symlink_to(cifar10_dir / split / class_name)
+  bad_inputs = BAD_INPUTS + (
+      ([f'--data_dir={extra_class}', '--mode=train_then_eval'],
+       f"--eval_split=test[:40]: class 'frog' ({extra_class / 'test' / 'frog'}) has no images "
+       f'in the --train_split=train[:512] folder(s) {extra_class / "train"}'),)
   processes = []
   try:
-    for index, (extra, _) in enumerate(BAD_INPUTS):  # All at once: TF start-up dominates.
+    for index, (extra, _) in enumerate(bad_inputs):  # All at once: TF start-up dominates.
       command = _command(tmp_path / f'run{index}', cifar10_dir, '--train_steps=1', *extra)
       processes.append(subprocess.Popen(command, cwd=REPO_ROOT, env=env, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    for index, ((extra, message), process) in enumerate(zip(BAD_INPUTS, processes)):
+    for index, ((extra, message), process) in enumerate(zip(bad_inputs, processes)):
       _, stderr = process.communicate(timeout=300)
       assert process.returncode == 2, (extra, stderr[-2000:])
       lines = [line for line in stderr.splitlines() if line.startswith('error: ')]

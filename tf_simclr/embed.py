@@ -73,16 +73,12 @@ def list_images(images: str, labels: str = 'auto'
     root = images.rstrip('/') or '/'
     labelled, _ = datasets.folder_layout([root], labels)
     if labelled:
-      for class_name in sorted(entry.name for entry in os.scandir(root) if entry.is_dir()):
+      for class_name in datasets.list_folder(root)[0]:
         class_dir = os.path.join(root, class_name)
-        entries += [(entry.path, class_name)
-                    for entry in sorted(os.scandir(class_dir), key=lambda e: e.name)
-                    if entry.is_file()]
+        entries += [(os.path.join(class_dir, name), class_name)
+                    for name in datasets.list_folder(class_dir)[1]]
     else:
-      for folder, dir_names, file_names in os.walk(root, followlinks=True):
-        dir_names[:] = sorted(name for name in dir_names if not name.startswith('.'))
-        entries += [(os.path.join(folder, name), '') for name in sorted(file_names)
-                    if not name.startswith('.')]
+      entries = [(path, '') for path in datasets.walk_files(root)]
   else:
     matches = sorted(tf.io.gfile.glob(images))
     entries = [(path, '') for path in matches if not tf.io.gfile.isdir(path)]

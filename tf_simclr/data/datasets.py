@@ -5,7 +5,9 @@ Sources, chosen by `DataConfig.dataset`:
   (default: TFDS_DATA_DIR or ~/tensorflow_datasets);
 - `image_folder`: `data_dir=ROOT` holding ROOT/<split>/<class>/<image> (JPEG, PNG,
   BMP, GIF), the layout of `tfds.ImageFolder`; classes are the sorted union of the
-  class folders of all splits; files that are not images are skipped and counted.
+  class folders of all splits; files that are not images are skipped and counted, and
+  truncated or unreadable image files are skipped, each named in a warning. ROOT may be
+  local or remote (gs://...): folders are read through tf.io.gfile.
   Unlabelled images may lie directly in ROOT/<split>/ or in nested folders whose names
   are not classes (`DataConfig.image_folder_labels`, see `folder_layout`); they are
   read recursively and the dataset has no classes (`DatasetInfo.num_classes == 0`);
@@ -24,6 +26,7 @@ each input pipeline reads its own shard and yields per-replica batches of
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import gzip
@@ -51,6 +54,8 @@ _FASHION_MNIST_FILES = {
 }
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 _IMAGE_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'BM')
+_JPEG_END, _PNG_END, _GIF_END = b'\xff\xd9', b'IEND\xaeB`\x82', b';'  # Last bytes of a file.
+_REMOTE_READ_THREADS = 32  # Parallel header reads of remote files (latency-bound).
 _SPLIT_ORDER_SEED = 0  # Fixed order of image-folder / Fashion-MNIST examples before slicing.
 
 
@@ -76,6 +81,58 @@ class DatasetInfo:
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return text[0] if text else type(error).__name__
+
+
+# ---------------------------------------------------------------------------
+# Files, local or remote (gs://, ram://, ...): everything through tf.io.gfile, except
+# reading file headers of local folders (open() is 3x faster than GFile there).
+
+
+def is_remote(path: str) -> bool:
+  """Whether `path` names a file system by scheme (gs://, ram://, hdfs://...)."""
+  return '://' in path
+
+
+def local_path(path: str) -> str:
+  """`~` expanded for a local path; a 'scheme://' path is returned unchanged."""
+  return path if is_remote(path) else os.path.expanduser(path)
+
+
+def list_folder(folder: str) -> tuple[list[str], list[str]]:
+  """(sorted subfolder names, sorted file names) of `folder` ([], [] if unreadable).
+
+  One tf.io.gfile.listdir per folder (as fast as os.scandir on local disks). A name
+  is a folder when the file system marks it so (GCS: a trailing '/'), a file when it
+  has an image extension, else it is asked with tf.io.gfile.isdir. Symbolic links are
+  followed.
+  """
+  try:
+    names = tf.io.gfile.listdir(folder)
+  except tf.errors.OpError:
+    return [], []
+  folders, files = [], []
+  for name in names:
+    if name.endswith('/'):
+      folders.append(name.rstrip('/'))
+    elif name.lower().endswith(IMAGE_EXTENSIONS):
+      files.append(name)
+    elif tf.io.gfile.isdir(os.path.join(folder, name)):
+      folders.append(name)
+    else:
+      files.append(name)
+  return sorted(folders), sorted(files)
+
+
+def walk_files(folder: str) -> Iterator[str]:
+  """Every file under `folder` (hidden files and folders left out), depth first in
+  name order: a folder's files before those of its subfolders (as os.walk)."""
+  folders, files = list_folder(folder)
+  for name in files:
+    if not name.startswith('.'):
+      yield os.path.join(folder, name)
+  for name in folders:
+    if not name.startswith('.'):
+      yield from walk_files(os.path.join(folder, name))
 
 
 # ---------------------------------------------------------------------------
@@ -160,7 +217,7 @@ def _check_downloadable(builder: Any) -> None:
 
 def _missing_paths(data_dir: str, name: str) -> list[str]:
   """The TFDS folders that download_and_prepare may create and that do not exist yet."""
-  root = os.path.expanduser(data_dir)
+  root = local_path(data_dir)
   candidates = [root, os.path.join(root, 'downloads'), os.path.join(root, name)]
   return [path for path in candidates if not tf.io.gfile.exists(path)]
 
@@ -185,10 +242,10 @@ class _TfdsSource:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     self._tfds = tfds
     self.name = name
-    self._data_dir = data_dir
+    self._data_dir = local_path(data_dir) if data_dir else None  # gs:// works too.
     self._prepare_tried = False
     try:
-      self._builder = tfds.builder(name, data_dir=data_dir)
+      self._builder = tfds.builder(name, data_dir=self._data_dir)
     except tfds.core.registered.DatasetNotFoundError:
       raise ValueError(
           f'--dataset={name}: not a TFDS dataset name, nor {IMAGE_FOLDER!r} or '
@@ -282,19 +339,56 @@ class _FolderSplit:
   num_skipped: int
 
 
-def _looks_like_image(path: str) -> bool:
-  """Whether the file starts with a JPEG, PNG, GIF or BMP signature."""
-  try:
-    with open(path, 'rb') as f:
+def _file_ends(path: str) -> tuple[bytes, bytes]:
+  """(first 8 bytes, last 12 bytes) of a file; local files with open() (faster)."""
+  if is_remote(path):
+    with tf.io.gfile.GFile(path, 'rb') as f:
       head = f.read(8)
-  except OSError:
-    return False
-  return any(head.startswith(signature) for signature in _IMAGE_SIGNATURES)
+      f.seek(max(f.size() - 12, 0))
+      return head, f.read(12)
+  with open(path, 'rb', buffering=0) as f:
+    start = f.read(8192)  # What a buffered read of 8 bytes reads anyway.
+    if len(start) < 8192:  # The whole file (one system call for small images).
+      return start[:8], start[-12:]
+    f.seek(-12, os.SEEK_END)
+    return start[:8], f.read(12)
 
 
-def _decode_image_file(path: tf.Tensor) -> tf.Tensor:
-  """Reads and decodes one image file to uint8 [H, W, 3] (JPEG with INTEGER_ACCURATE DCT)."""
-  data = tf.io.read_file(path)
+def image_file_problem(path: str) -> Optional[str]:
+  """Why an image file cannot be used (one short phrase), or None when it can.
+
+  Cheap: reads the first 8 and last 12 bytes. The file must start with a JPEG, PNG,
+  GIF or BMP signature; a JPEG, PNG or GIF without its end marker (FFD9, IEND, ';'),
+  usually a truncated copy or download, is decoded to decide (some valid files carry
+  bytes after the marker). Files that pass and still fail to decode (corrupt inside)
+  are dropped by the input pipeline.
+  """
+  try:
+    head, tail = _file_ends(path)
+  except (OSError, tf.errors.OpError) as error:
+    return f'cannot be read ({type(error).__name__})'
+  if not any(head.startswith(signature) for signature in _IMAGE_SIGNATURES):
+    return 'not a JPEG, PNG, GIF or BMP file (no image signature)'
+  if head.startswith(b'\xff\xd8'):
+    complete = tail.endswith(_JPEG_END)
+  elif head.startswith(b'\x89PNG'):
+    complete = tail.endswith(_PNG_END)
+  elif head.startswith(b'GIF'):
+    complete = tail.endswith(_GIF_END)
+  else:  # BMP: no end marker.
+    complete = True
+  if complete:
+    return None
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      _decode_image_data(tf.constant(f.read()))
+  except (OSError, tf.errors.OpError):
+    return 'truncated or corrupt (no end marker, and it does not decode)'
+  return None
+
+
+def _decode_image_data(data: tf.Tensor) -> tf.Tensor:
+  """Decodes one encoded image to uint8 [H, W, 3] (JPEG with INTEGER_ACCURATE DCT)."""
   image = tf.cond(
       tf.io.is_jpeg(data),
       lambda: tf.io.decode_jpeg(data, channels=3, dct_method='INTEGER_ACCURATE'),
@@ -303,13 +397,14 @@ def _decode_image_file(path: tf.Tensor) -> tf.Tensor:
   return image
 
 
+def _decode_image_file(path: tf.Tensor) -> tf.Tensor:
+  """Reads and decodes one image file to uint8 [H, W, 3]."""
+  return _decode_image_data(tf.io.read_file(path))
+
+
 def _has_image_files(folder: str) -> bool:
   """Whether `folder` directly holds a file with an image extension."""
-  try:
-    return any(entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
-               for entry in os.scandir(folder))
-  except OSError:
-    return False
+  return any(name.lower().endswith(IMAGE_EXTENSIONS) for name in list_folder(folder)[1])
 
 
 def folder_layout(split_dirs: Sequence[str], labels: str = 'auto') -> tuple[bool, str]:
@@ -337,8 +432,8 @@ def folder_layout(split_dirs: Sequence[str], labels: str = 'auto') -> tuple[bool
     return False, f'auto: image files directly in {loose[0]}'
   class_names = set()
   for split_dir in split_dirs:
-    class_names.update(entry.name for entry in os.scandir(split_dir)
-                       if entry.is_dir() and _has_image_files(entry.path))
+    class_names.update(name for name in list_folder(split_dir)[0]
+                       if _has_image_files(os.path.join(split_dir, name)))
   if len(class_names) >= 2:
     return True, f'auto: {len(class_names)} class folders'
   if class_names:
@@ -356,18 +451,18 @@ class _ImageFolderSource:
     if not root:
       raise ValueError(f'--dataset={IMAGE_FOLDER} needs --data_dir=ROOT, a folder with '
                        f'ROOT/<split>/<class>/<image> (e.g. ../shared/data/cifar10).')
-    self.root = os.path.abspath(os.path.expanduser(root))
-    if not os.path.isdir(self.root):
+    self.root = (root.rstrip('/') if is_remote(root)
+                 else os.path.abspath(os.path.expanduser(root)))
+    if not tf.io.gfile.isdir(self.root):
       raise FileNotFoundError(f'--data_dir={root}: no such folder; --dataset={IMAGE_FOLDER} '
                               f'reads ROOT/<split>/<class>/<image>.')
-    self._split_names = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
+    self._split_names = list_folder(self.root)[0]
     self.labelled, self.labels_note = folder_layout(
         [os.path.join(self.root, name) for name in self._split_names], labels)
     classes = set()
     if self.labelled:
       for split_name in self._split_names:
-        classes.update(entry.name for entry in os.scandir(os.path.join(self.root, split_name))
-                       if entry.is_dir())
+        classes.update(list_folder(os.path.join(self.root, split_name))[0])
       if not classes:
         raise FileNotFoundError(f'--data_dir={root}: no ROOT/<split>/<class>/ folders found; '
                                 f'--dataset={IMAGE_FOLDER} reads ROOT/<split>/<class>/<image>, '
@@ -397,17 +492,11 @@ class _ImageFolderSource:
     if self.labelled:
       for label, class_name in enumerate(self.class_names):
         class_dir = os.path.join(split_dir, class_name)
-        if not os.path.isdir(class_dir):
-          continue
-        for entry in sorted(os.scandir(class_dir), key=lambda e: e.name):
-          if entry.is_file():
-            yield entry.path, label
+        for name in list_folder(class_dir)[1]:  # Nothing when there is no such folder.
+          yield os.path.join(class_dir, name), label
       return
-    for folder, dir_names, file_names in os.walk(split_dir, followlinks=True):
-      dir_names[:] = sorted(name for name in dir_names if not name.startswith('.'))
-      for name in sorted(file_names):
-        if not name.startswith('.'):
-          yield os.path.join(folder, name), -1
+    for path in walk_files(split_dir):
+      yield path, -1
 
   def _scan(self, split_name: str) -> _FolderSplit:
     """Lists and checks the files of one split folder (once)."""
@@ -415,17 +504,28 @@ class _ImageFolderSource:
       return self._scanned[split_name]
     split_dir = os.path.join(self.root, split_name)
     paths, labels = [], []
-    not_images, unreadable, examples = 0, 0, []
+    not_images, examples = 0, []
     for file_path, label in self._candidates(split_dir):
-      if not file_path.lower().endswith(IMAGE_EXTENSIONS):
-        not_images += 1
-        examples.append(file_path)
-      elif not _looks_like_image(file_path):
-        unreadable += 1
-        examples.append(file_path)
-      else:
+      if file_path.lower().endswith(IMAGE_EXTENSIONS):
         paths.append(file_path)
         labels.append(label)
+      else:
+        not_images += 1
+        examples.append(file_path)
+    if is_remote(split_dir):  # Latency-bound reads: in parallel.
+      with concurrent.futures.ThreadPoolExecutor(_REMOTE_READ_THREADS) as pool:
+        problems = list(pool.map(image_file_problem, paths))
+    else:
+      problems = [image_file_problem(path) for path in paths]
+    bad = [(path, problem) for path, problem in zip(paths, problems) if problem]
+    for number, (path, problem) in enumerate(bad, 1):
+      logging.warning('image_folder: skipped %s: %s (unreadable file %d of %d in %s).',
+                      path, problem, number, len(bad), split_dir)
+    if bad:
+      kept = [index for index, problem in enumerate(problems) if not problem]
+      paths, labels = [paths[index] for index in kept], [labels[index] for index in kept]
+      examples += [path for path, _ in bad]
+    unreadable = len(bad)
     num_skipped = not_images + unreadable
     if num_skipped:
       logging.warning(
@@ -454,6 +554,33 @@ class _ImageFolderSource:
   def num_examples(self, split: str, flag: str) -> int:
     return len(self._select(split, flag)[0])
 
+  def check_eval_classes(self, train_split: str, eval_split: str) -> None:
+    """Raises ValueError (one line) when a class folder of the eval split's folders has
+    images but no train split folder has any of that class (whole folders are
+    compared, not the slices: a small slice may miss a class by chance)."""
+    if not self.labelled:
+      return
+
+    def split_names(split: str, flag: str) -> list[str]:
+      return [name for name, _, _ in parse_split(split, self._split_names,
+                                                  lambda name: len(self._scan(name).paths),
+                                                  flag, f'image folder {self.root}')]
+
+    train_names = split_names(train_split, 'train_split')
+    trained = set()
+    for name in train_names:
+      trained.update(np.unique(self._scan(name).labels).tolist())
+    for name in split_names(eval_split, 'eval_split'):
+      for label in np.unique(self._scan(name).labels).tolist():
+        if label not in trained:
+          class_name = self.class_names[label]
+          raise ValueError(
+              f'--eval_split={eval_split}: class {class_name!r} '
+              f'({os.path.join(self.root, name, class_name)}) has no images in the '
+              f'--train_split={train_split} folder(s) '
+              f'{", ".join(os.path.join(self.root, n) for n in train_names)}; the model '
+              f'cannot learn it: add its training images or remove the folder.')
+
   def examples(self, split: str, flag: str, *, num_shards: int, shard_index: int,
                shuffle_files: bool, seed: Optional[int]) -> tf.data.Dataset:
     paths, labels = self._select(split, flag)
@@ -470,9 +597,10 @@ class _ImageFolderSource:
 
 def _read_idx(path: str) -> np.ndarray:
   """Reads an idx file (optionally .gz) to a uint8 array."""
-  opener = gzip.open if path.endswith('.gz') else open
-  with opener(path, 'rb') as f:
+  with tf.io.gfile.GFile(path, 'rb') as f:
     data = f.read()
+  if path.endswith('.gz'):
+    data = gzip.decompress(data)
   magic = int.from_bytes(data[:4], 'big')
   if magic >> 8 != 0x08:  # Unsigned byte data.
     raise ValueError(f'{path}: not an idx file of unsigned bytes (magic {magic:#x}).')
@@ -494,14 +622,15 @@ class _FashionMnistSource:
   num_skipped_files = 0
 
   def __init__(self, data_dir: Optional[str]):
-    self.data_dir = data_dir or FASHION_MNIST_DEFAULT_DIR
+    self.data_dir = local_path(data_dir or FASHION_MNIST_DEFAULT_DIR)
     self._loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     self._files = {}
     for split_name, names in _FASHION_MNIST_FILES.items():
       found = []
       for name in names:
         candidates = [os.path.join(self.data_dir, name + suffix) for suffix in ('.gz', '')]
-        existing = [path for path in candidates if os.path.isfile(path)]
+        existing = [path for path in candidates
+                    if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)]
         if not existing:
           raise FileNotFoundError(
               f'--dataset={FASHION_MNIST_LOCAL}: {name}(.gz) not found in {self.data_dir}; '
@@ -572,6 +701,8 @@ def get_dataset_info(data_config: DataConfig, *, with_eval: bool = True) -> Data
   num_eval = source.num_examples(data_config.eval_split, 'eval_split') if with_eval else 0
   if with_eval:
     _check_not_empty(num_eval, 'eval_split', data_config)
+    if isinstance(source, _ImageFolderSource):
+      source.check_eval_classes(data_config.train_split, data_config.eval_split)
   return DatasetInfo(
       num_train_examples=num_train,
       num_eval_examples=num_eval,
