@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,8 +96,9 @@ def _write_remote_image(path: str, pixels: np.ndarray) -> bytes:
   return data
 
 
-def _eval_examples(config, split: str) -> list[tuple[bytes, int]]:
-  """(image bytes rounded to uint8, label) of every example the eval pipeline yields."""
+def _eval_examples(config, split: str, channels: int = 0) -> list[tuple[Any, int]]:
+  """(image bytes rounded to uint8, label) of every example the eval pipeline yields;
+  with `channels`, the uint8 image array instead of its bytes."""
   input_fn = datasets.build_input_fn(config, split=split, is_training=False,
                                      train_mode='finetune', global_batch_size=4)
   examples = []
@@ -104,7 +106,8 @@ def _eval_examples(config, split: str) -> list[tuple[bytes, int]]:
     for image, label, mask in zip(batch['image'].numpy(), batch['label'].numpy(),
                                   batch['mask'].numpy()):
       if mask:
-        examples.append((np.round(image * 255).astype(np.uint8).tobytes(),
+        pixels = np.round(image * 255).astype(np.uint8)
+        examples.append((pixels if channels else pixels.tobytes(),
                          int(np.argmax(label)) if label.size else -1))
   return examples
 
@@ -165,6 +168,38 @@ def test_image_folder_and_embed_on_a_remote_file_system(ram_dir, caplog):
                      for pixels, _ in written['train']]).astype(np.float32) / 255
   expected = model(images, training=False)['final_avg_pool'].numpy()
   np.testing.assert_allclose(embeddings, expected, rtol=1e-5, atol=1e-6)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+  """The idx format of uint8 arrays: 0, 0, 0x08, ndim, big-endian sizes, data."""
+  header = bytes([0, 0, 8, array.ndim]) + b''.join(
+      int(size).to_bytes(4, 'big') for size in array.shape)
+  return header + array.astype(np.uint8).tobytes()
+
+
+def test_fashion_mnist_idx_files_on_a_remote_file_system(ram_dir):
+  """--dataset=fashion_mnist_local --data_dir=ram://...: .gz and plain idx files."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  written = {}
+  tf.io.gfile.makedirs(ram_dir + '/fm')
+  for split, prefix, count, compress in (('train', 'train', 6, True), ('test', 't10k', 4, False)):
+    images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, count, dtype=np.uint8)
+    written[split] = sorted((image.tobytes(), int(label)) for image, label in zip(images, labels))
+    for name, array in ((f'{prefix}-images-idx3-ubyte', images),
+                        (f'{prefix}-labels-idx1-ubyte', labels)):
+      data = _idx_bytes(array)
+      with tf.io.gfile.GFile(f'{ram_dir}/fm/{name}' + ('.gz' if compress else ''), 'wb') as f:
+        f.write(gzip.compress(data) if compress else data)
+  config = DataConfig(dataset='fashion_mnist_local', data_dir=ram_dir + '/fm',
+                      train_split='train', eval_split='test', image_size=28)
+  info = datasets.get_dataset_info(config)
+  assert (info.num_train_examples, info.num_eval_examples) == (6, 4)
+  for split in ('train', 'test'):
+    read = sorted((image[..., 0].tobytes(), label) for image, label in
+                  _eval_examples(config, split, channels=3))
+    assert read == written[split]
 
 
 @pytest.mark.slow
