@@ -13,6 +13,8 @@ differences between a MirroredStrategy run over N logical CPUs and the single-de
     own input rows, logits_ab rows, contrastive metrics;
   no_gather_*: the same with replica_context=None (negatives only from the local
     batch), which must differ: it shows the check can fail;
+  blocked_*: `losses.blocked_nt_xent_loss` (row blocks of 4) with gathered negatives:
+    loss, kernel and input-row gradients, metrics, against the same single-device run;
   lars_*: weights and momentum after 3 LARS steps with WarmUpAndCosineDecay.
 
 Global batch ordering: the global batch has B = N * b examples, views x1 [B, d] and
@@ -145,6 +147,39 @@ def check(num_replicas: int, local_batch: int) -> dict:
     results[f'{variant}_labels_ok'] = bool(labels_ok)
     results[f'{variant}_metrics_error'] = float(max(abs(acc_mean - single_acc),
                                                     abs(entropy_mean - single_entropy)))
+  # ---- Row-blocked NT-Xent (gradient caching's loss), gathered, vs the same single ----
+  # 4 rows per block: does not divide a replica's 2b = 6 rows.
+  @tf.function
+  def blocked_step(inputs):
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      hidden = tf.tanh(tf.matmul(inputs, mirrored_kernel))
+      loss, metrics = losses.blocked_nt_xent_loss(
+          hidden, temperature=temperature,
+          replica_context=tf.distribute.get_replica_context(), block_rows=4)
+      scaled_loss = loss / float(num_replicas)
+    kernel_gradient, input_gradient = tape.gradient(scaled_loss, [mirrored_kernel, inputs])
+    return (scaled_loss, kernel_gradient, input_gradient, metrics['contrast_acc'],
+            metrics['contrast_entropy'])
+
+  scaled_loss, kernel_gradient, input_gradient, acc, entropy = strategy.run(
+      blocked_step, args=(distributed_inputs,))
+  input_gradients = [t.numpy() for t in strategy.experimental_local_results(input_gradient)]
+  results['blocked_value_error'] = float(abs(
+      strategy.reduce(tf.distribute.ReduceOp.SUM, scaled_loss, axis=None).numpy()
+      - single_loss))
+  results['blocked_kernel_gradient_error'] = float(np.abs(
+      strategy.reduce(tf.distribute.ReduceOp.SUM, kernel_gradient, axis=None).numpy()
+      - single_kernel_gradient).max())
+  results['blocked_input_gradient_error'] = max(float(np.abs(
+      input_gradients[replica] - np.concatenate([
+          local_rows(single_input_gradient, replica),
+          local_rows(single_input_gradient[global_batch:], replica)])).max())
+      for replica in range(num_replicas))
+  results['blocked_metrics_error'] = float(max(
+      abs(strategy.reduce(tf.distribute.ReduceOp.MEAN, acc, axis=None).numpy() - single_acc),
+      abs(strategy.reduce(tf.distribute.ReduceOp.MEAN, entropy, axis=None).numpy()
+          - single_entropy)))
   results['single_loss'] = float(single_loss)
   results['kernel_gradient_scale'] = float(np.abs(single_kernel_gradient).max())
 

@@ -205,6 +205,100 @@ def test_supervised_loss_and_accuracy_match_numpy():
   assert bf16_loss.dtype == tf.float32
 
 
+def numpy_nt_xent_gradient(hidden: np.ndarray, temperature: float,
+                           hidden_norm: bool) -> np.ndarray:
+  """d(2 L)/d(hidden) of `paper_nt_xent` in float64, from the formula (chain rule).
+
+  With s = z z^T / t (self excluded), p_i = softmax_k(s_ik), positive q(i):
+  d(2L)/ds_ik = (p_ik - [k == q(i)]) / N, d/dz = (G + G^T) z / t; then the
+  L2-normalisation Jacobian (I - z z^T) / |h| row by row.
+  """
+  hidden = np.asarray(hidden, np.float64)
+  norms = np.linalg.norm(hidden, axis=1, keepdims=True)
+  z = hidden / norms if hidden_norm else hidden
+  rows = z.shape[0]
+  num_pairs = rows // 2
+  logits = z @ z.T / temperature
+  np.fill_diagonal(logits, -np.inf)
+  logits -= logits.max(axis=1, keepdims=True)
+  probabilities = np.exp(logits)
+  probabilities /= probabilities.sum(axis=1, keepdims=True)
+  logit_gradient = probabilities.copy()
+  logit_gradient[np.arange(rows), (np.arange(rows) + num_pairs) % rows] -= 1.0
+  logit_gradient /= num_pairs
+  z_gradient = (logit_gradient + logit_gradient.T) @ z / temperature
+  if not hidden_norm:
+    return z_gradient
+  return (z_gradient - np.sum(z_gradient * z, axis=1, keepdims=True) * z) / norms
+
+
+@pytest.mark.parametrize('batch_size, block_rows, temperature, hidden_norm', [
+    (5, 1, 0.1, True),     # one anchor row per block
+    (5, 3, 0.2, True),     # 3 does not divide 2b = 10
+    (5, 4, 0.5, False),
+    (5, 10, 0.1, True),    # one block of all 2b rows
+    (5, 64, 0.1, True),    # block larger than 2b
+    (16, 7, 0.07, True),   # 7 does not divide 32; view 1 / view 2 inside one block
+    (16, 8, 1.0, True),
+])
+def test_blocked_loss_equals_nt_xent_and_float64_reference(batch_size, block_rows,
+                                                           temperature, hidden_norm):
+  rng = np.random.default_rng(batch_size * 10 + block_rows)
+  hidden = rng.normal(size=(2 * batch_size, 6)) * (1.0 if hidden_norm else 0.4)
+  hidden[batch_size:] = hidden[:batch_size] + 0.7 * hidden[batch_size:]  # Some positives win.
+  hidden_tensor = tf.constant(hidden, tf.float32)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(hidden_tensor)
+    blocked, blocked_metrics = losses.blocked_nt_xent_loss(
+        hidden_tensor, temperature=temperature, hidden_norm=hidden_norm,
+        block_rows=block_rows)
+    reference, logits_ab, labels = losses.nt_xent_loss(
+        hidden_tensor, temperature=temperature, hidden_norm=hidden_norm)
+  blocked_gradient = tape.gradient(blocked, hidden_tensor).numpy()
+  # Against the NumPy float64 formula (loss and gradient).
+  np.testing.assert_allclose(float(blocked), paper_nt_xent(hidden, temperature, hidden_norm),
+                             rtol=1e-5, atol=1e-5)
+  expected_gradient = numpy_nt_xent_gradient(hidden, temperature, hidden_norm)
+  gradient_scale = max(1.0, float(np.abs(expected_gradient).max()))
+  np.testing.assert_allclose(blocked_gradient, expected_gradient, rtol=0,
+                             atol=1e-5 * gradient_scale)
+  # Against the unblocked loss: value, gradient, metrics.
+  np.testing.assert_allclose(float(blocked), float(reference), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(blocked_gradient, tape.gradient(reference, hidden_tensor).numpy(),
+                             rtol=0, atol=1e-5 * gradient_scale)
+  for name, value in losses.contrastive_metrics(logits_ab, labels).items():
+    np.testing.assert_allclose(float(blocked_metrics[name]), float(value), rtol=1e-5,
+                               atol=1e-6, err_msg=name)
+  # Float64 in: the same formula to float64 rounding.
+  exact, _ = losses.blocked_nt_xent_loss(hidden, temperature=temperature,
+                                         hidden_norm=hidden_norm, block_rows=block_rows)
+  np.testing.assert_allclose(float(exact), paper_nt_xent(hidden, temperature, hidden_norm),
+                             rtol=1e-12)
+
+
+def test_blocked_loss_in_a_graph_and_its_default_block_rows():
+  # Traced (as in the training step), with the rows chosen from the static shapes.
+  rng = np.random.default_rng(6)
+  hidden = tf.constant(rng.normal(size=(24, 8)), tf.float32)
+
+  @tf.function
+  def loss_and_gradient(hidden):
+    with tf.GradientTape() as tape:
+      tape.watch(hidden)
+      loss, _ = losses.blocked_nt_xent_loss(hidden, temperature=0.1)
+    return loss, tape.gradient(loss, hidden)
+
+  loss, gradient = loss_and_gradient(hidden)
+  np.testing.assert_allclose(float(loss), paper_nt_xent(hidden.numpy(), 0.1, True), rtol=1e-5)
+  np.testing.assert_allclose(gradient.numpy(),
+                             numpy_nt_xent_gradient(hidden.numpy(), 0.1, True), atol=1e-5)
+  assert losses.default_block_rows(24, 1) == 24  # Small batches: one block.
+  assert losses.default_block_rows(8192, 1) == 256  # B = 4096: 256 x 8192 per block.
+  assert losses.default_block_rows(1024, 8) == 256  # 2B = 8192 gathered keys.
+  with pytest.raises(ValueError, match='block_rows'):
+    losses.blocked_nt_xent_loss(hidden, temperature=0.1, block_rows=0)
+
+
 def run_distributed_check(num_replicas: int) -> dict:
   """Runs tests/distributed_numerics_check.py in a fresh process (logical CPUs)."""
   script = pathlib.Path(__file__).with_name('distributed_numerics_check.py')
@@ -226,6 +320,12 @@ def check_distributed_results(results: dict) -> None:
   assert results['loss_logits_error'] <= 2e-6  # logits up to 1 / temperature = 5
   assert results['loss_labels_ok']
   assert results['loss_metrics_error'] <= 1e-6
+  # The row-blocked loss (gradient caching's) with gathered negatives: the same numbers.
+  assert results['blocked_value_error'] <= 1e-5 * max(1.0, results['single_loss'])
+  assert results['blocked_kernel_gradient_error'] <= 1e-5 * max(
+      1.0, results['kernel_gradient_scale'])
+  assert results['blocked_input_gradient_error'] <= 1e-5
+  assert results['blocked_metrics_error'] <= 1e-5
   # Without the gather the same comparison fails: the check has teeth.
   assert results['no_gather_value_error'] > 1e-2
   assert results['no_gather_kernel_gradient_error'] > 1e-2

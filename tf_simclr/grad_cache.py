@@ -10,7 +10,9 @@ gradient of the whole-batch loss:
 1. pass 1: a forward pass of each micro-batch in training mode, outside any gradient
    tape (no activations kept), collecting the projections z [2b, d];
 2. the NT-Xent loss of all 2b projections (with the negatives of all replicas, as the
-   plain step: `losses.nt_xent_loss` all-gathers) and its gradient g = dL/dz [2b, d];
+   plain step, all-gathered) and its gradient g = dL/dz [2b, d], computed in row
+   blocks by `losses.blocked_nt_xent_loss` so that no [b, B] logits are held (under
+   --jit_compile, which needs static shapes: `losses.nt_xent_loss`);
 3. pass 2: each micro-batch again, forward and backward, of the surrogate
    sum(stop_gradient(g_k) * z_k) + (its share of the supervised loss); the parameter
    gradients are summed over micro-batches. By the chain rule this sum is dL/dtheta,
@@ -18,9 +20,9 @@ gradient of the whole-batch loss:
    batch statistics);
 4. the weight-decay term's gradient once, then one optimizer update.
 
-Memory holds the activations of one micro-batch, the projections and the gradient
-accumulators, whatever b is; compute is one extra forward pass (about 4/3 of the plain
-step's FLOPs).
+Memory holds the activations of one micro-batch, the projections, a few [r, 2B] logit
+blocks of the loss and the gradient accumulators, whatever b is; compute is one extra
+forward pass (about 4/3 of the plain step's FLOPs).
 
 Batch normalisation uses the statistics of each micro-batch (2m images), as a run with
 b / m times more replicas and `--global_bn=false` would: the gradients equal that run's
@@ -161,14 +163,21 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
       projections = projections.stack()  # [n, 2m, d]
       with tf.GradientTape() as tape:
         tape.watch(projections)
-        contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
-            merge_micro_projections(projections, num_views),
-            temperature=config.loss.temperature, hidden_norm=config.loss.hidden_norm,
-            replica_context=tf.distribute.get_replica_context())
+        hidden = merge_micro_projections(projections, num_views)
+        loss_options = dict(temperature=config.loss.temperature,
+                            hidden_norm=config.loss.hidden_norm,
+                            replica_context=tf.distribute.get_replica_context())
+        if config.train.jit_compile:  # XLA: static shapes, so no row blocks.
+          contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
+              hidden, **loss_options)
+          contrast_metrics = losses.contrastive_metrics(logits_ab, contrast_labels)
+        else:  # Row blocks: no [b, B] logits, whatever the batch.
+          contrast_loss, contrast_metrics = losses.blocked_nt_xent_loss(
+              hidden, **loss_options)
         scaled_contrast_loss = contrast_loss / num_replicas
       projection_gradients = tape.gradient(scaled_contrast_loss, projections)
       values['contrast_loss'] = contrast_loss
-      values.update(losses.contrastive_metrics(logits_ab, contrast_labels))
+      values.update(contrast_metrics)
 
     # Pass 2: forward + backward of each micro-batch with the cached upstream gradient.
     def pass2_body(index, gradient_sums, statistic_sums, supervised_sums):

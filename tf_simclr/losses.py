@@ -114,6 +114,174 @@ def nt_xent_loss(
   return loss, logits_ab, labels
 
 
+# Elements of one row block's [r, 2B] logits when the block size is chosen: 2^21 float32
+# values = 8 MiB per copy (the block's logits, softmax and gradient are a few copies).
+BLOCK_ELEMENTS = 2 ** 21
+
+
+def default_block_rows(local_rows: int, num_replicas: int) -> int:
+  """Anchor rows per block: all 2b local rows if their logits fit BLOCK_ELEMENTS.
+
+  Args:
+    local_rows: 2b, the replica's rows (both views).
+    num_replicas: R; the keys are the 2B = R * 2b gathered rows.
+
+  Returns:
+    max(1, BLOCK_ELEMENTS // 2B), at most 2b: one block up to B = 1024 (2B = 2048
+    keys), 256 rows per block at B = 4096.
+  """
+  return max(1, min(local_rows, BLOCK_ELEMENTS // max(1, num_replicas * local_rows)))
+
+
+def blocked_nt_xent_loss(
+    hidden: tf.Tensor,
+    *,
+    temperature: float,
+    hidden_norm: bool = True,
+    replica_context: Optional[tf.distribute.ReplicaContext] = None,
+    block_rows: Optional[int] = None,
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  """`nt_xent_loss` and its gradient computed in row blocks, without [b, B] logits.
+
+  Same loss, scale and cross-replica gathering as `nt_xent_loss`, for large batches:
+  its [b, B] logit blocks (four of them, plus their softmax and gradients: about
+  0.5 GiB at B = 4096) are never materialised. With z = l2_normalize(hidden) (if
+  `hidden_norm`), the 2b local anchors z [2b, d] (view 1 rows then view 2 rows) and
+  the 2B gathered keys K = [Z_a; Z_b] [2B, d] (view 1 of all replicas, then view 2),
+  anchor row j (view v = j // b, local example i = j mod b, global g(i) = r * b + i):
+
+    s_j[k] = z_j . K_k / t - LARGE_NUM * [k == v * B + g(i)]      (self masked)
+    p_j = softmax(s_j),   loss_j = -log p_j[(1 - v) * B + g(i)]   (the other view)
+    loss = sum_j loss_j / b
+
+  equal to `nt_xent_loss`'s mean_i(loss_a[i] + loss_b[i]). The anchors are processed
+  in blocks of `block_rows` rows against all 2B keys (a tf.while_loop; the last block
+  may be shorter). Each block yields, in the same pass, its share of the loss and of
+  the gradient (a tf.custom_gradient):
+
+    dloss/ds_j = (p_j - onehot(positive_j)) / b
+    dloss/dz_j += dloss/ds_j K / t  [r, d],   dloss/dK += (dloss/ds_block)^T z_block / t
+
+  so memory holds a few [r, 2B] blocks and the [2B, d] key gradient, not [2b, 2B]; the
+  logits are computed once (no recomputation in the backward pass). Normalisation and
+  the gather are ordinary differentiable ops around that core, so gradients reach
+  `hidden` of every replica through the gather as for `nt_xent_loss`.
+
+  The contrastive metrics of `contrastive_metrics` are computed per block too, from the
+  view-1 anchors' logits against the gathered view-2 keys (logits_ab).
+
+  Args:
+    hidden: [2b, d] projections, view 1 rows then view 2 rows. float16/bfloat16 are
+      cast to float32.
+    temperature: softmax temperature t > 0.
+    hidden_norm: L2-normalise `hidden` rows first (cosine similarity).
+    replica_context: `tf.distribute.get_replica_context()` inside `strategy.run`; None
+      (or a single replica) for no gathering.
+    block_rows: anchor rows r per block (>= 1); None: `default_block_rows` (needs the
+      static row count of `hidden`, else 256).
+
+  Returns:
+    (loss, metrics): the scalar loss (differentiable) and {'contrast_acc',
+    'contrast_entropy'} as `contrastive_metrics` returns them (no gradient).
+  """
+  hidden = _cast_to_float(tf.convert_to_tensor(hidden))
+  if hidden_norm:
+    hidden = tf.math.l2_normalize(hidden, axis=-1)
+  hidden1, hidden2 = tf.split(hidden, 2, axis=0)  # [b, d] each
+  num_replicas = 1
+  if replica_context is not None and replica_context.num_replicas_in_sync > 1:
+    num_replicas = replica_context.num_replicas_in_sync
+    keys = tf.concat([replica_context.all_gather(hidden1, axis=0),
+                      replica_context.all_gather(hidden2, axis=0)], axis=0)  # [2B, d]
+    replica_id = tf.cast(
+        tf.cast(replica_context.replica_id_in_sync_group, tf.uint32), tf.int32)
+  else:
+    keys = hidden
+    replica_id = tf.constant(0, tf.int32)
+  if block_rows is None:
+    local_rows = hidden.shape[0]
+    block_rows = default_block_rows(local_rows, num_replicas) if local_rows else 256
+  if block_rows < 1:
+    raise ValueError(f'block_rows={block_rows} must be >= 1.')
+  return _blocked_nt_xent_core(hidden, keys, replica_id, temperature, block_rows)
+
+
+def _blocked_nt_xent_core(anchors: tf.Tensor, keys: tf.Tensor, replica_id: tf.Tensor,
+                          temperature: float, block_rows: int
+                          ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+  """Loss of anchors [2b, d] against keys [2B, d] by row blocks (see the caller)."""
+  dtype = anchors.dtype
+  local_rows = tf.shape(anchors)[0]  # 2b
+  batch_size = local_rows // 2  # b
+  num_keys = tf.shape(keys)[0]  # 2B
+  enlarged_batch_size = num_keys // 2  # B
+  offset = replica_id * batch_size  # g(i) = offset + i
+  num_blocks = (local_rows + block_rows - 1) // block_rows
+  inverse_temperature = tf.constant(1.0 / temperature, dtype)
+  large_num = tf.constant(LARGE_NUM, dtype)
+
+  def block(anchors: tf.Tensor, keys: tf.Tensor, index: tf.Tensor):
+    """Loss sum, d/d(block anchors), d/d(keys) and metric sums of block `index`."""
+    start = index * block_rows
+    end = tf.minimum(start + block_rows, local_rows)
+    rows = tf.range(start, end)  # j
+    block_anchors = anchors[start:end]  # [r, d]
+    view = rows // batch_size
+    example = offset + rows % batch_size  # g(i)
+    self_column = view * enlarged_batch_size + example
+    positive_column = (1 - view) * enlarged_batch_size + example
+    positions = tf.range(end - start)
+    logits = tf.matmul(block_anchors, keys, transpose_b=True) * inverse_temperature  # [r, 2B]
+    logits = tf.tensor_scatter_nd_add(
+        logits, tf.stack([positions, self_column], 1), tf.fill([end - start], -large_num))
+    log_normaliser = tf.reduce_logsumexp(logits, axis=1)  # [r]
+    positive = tf.gather_nd(logits, tf.stack([positions, positive_column], 1))  # [r]
+    loss_sum = tf.reduce_sum(log_normaliser - positive)
+    logit_gradient = tf.tensor_scatter_nd_add(
+        tf.exp(logits - log_normaliser[:, None]), tf.stack([positions, positive_column], 1),
+        tf.fill([end - start], tf.constant(-1.0, dtype)))
+    logit_gradient *= inverse_temperature / tf.cast(batch_size, dtype)
+    anchor_gradient = tf.matmul(logit_gradient, keys)  # [r, d]
+    key_gradient = tf.matmul(logit_gradient, block_anchors, transpose_a=True)  # [2B, d]
+    # Metrics on the block's view-1 rows (a prefix of it): logits_ab = their view-2 part.
+    view1_rows = tf.clip_by_value(batch_size - start, 0, end - start)
+    cross = logits[:view1_rows, enlarged_batch_size:]  # [r1, B]
+    correct = tf.reduce_sum(tf.cast(tf.equal(
+        tf.argmax(cross, axis=1, output_type=tf.int32), example[:view1_rows]), tf.float32))
+    probabilities = tf.nn.softmax(cross)
+    entropy = -tf.reduce_sum(probabilities * tf.math.log(probabilities + 1e-8))
+    return loss_sum, anchor_gradient, key_gradient, correct, tf.cast(entropy, tf.float32)
+
+  @tf.custom_gradient
+  def loss_of(anchors: tf.Tensor, keys: tf.Tensor):
+    def body(index, loss_sum, anchor_gradients, key_gradient, correct, entropy):
+      block_loss, block_anchor_gradient, block_key_gradient, block_correct, block_entropy = (
+          block(anchors, keys, index))
+      return (index + 1, loss_sum + block_loss,
+              anchor_gradients.write(index, block_anchor_gradient),
+              key_gradient + block_key_gradient, correct + block_correct,
+              entropy + block_entropy)
+
+    _, loss_sum, anchor_gradients, key_gradient, correct, entropy = tf.while_loop(
+        lambda index, *_: index < num_blocks, body,
+        (tf.constant(0), tf.zeros([], dtype),
+         tf.TensorArray(dtype, size=num_blocks, infer_shape=False,
+                        element_shape=tf.TensorShape([None, anchors.shape[-1]])),
+         tf.zeros_like(keys), tf.zeros([]), tf.zeros([])))
+    anchor_gradient = anchor_gradients.concat()  # [2b, d]
+    loss = loss_sum / tf.cast(batch_size, dtype)
+    metrics = tf.stack([correct, entropy]) / tf.cast(batch_size, tf.float32)
+
+    def gradient(upstream: tf.Tensor, unused_metrics_upstream: tf.Tensor = None):
+      return upstream * anchor_gradient, upstream * key_gradient
+
+    return (loss, metrics), gradient
+
+  loss, metrics = loss_of(anchors, keys)
+  metrics = tf.stop_gradient(metrics)
+  return loss, {'contrast_acc': metrics[0], 'contrast_entropy': metrics[1]}
+
+
 def contrastive_metrics(logits_ab: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
   """Contrastive accuracy and entropy as official `tf2/metrics.py`.
 
