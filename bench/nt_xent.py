@@ -2,14 +2,17 @@ r"""Cost of the NT-Xent loss alone (forward + backward) against a ResNet-50 step
 
     python bench/nt_xent.py                                  # global batch 512 and 4096
     python bench/nt_xent.py --batch_sizes=4096 --reference_image_size=224
+    python bench/nt_xent.py --batch_sizes=256,4096 --reference_image_size=0 --blocked
 
 For each global batch b it times `tf_simclr.losses.nt_xent_loss` and its gradient on
 random projections [2b, proj_out_dim] on one device (for b = 4096 that is 8192 x 8192
 logits in four [b, b] blocks), and reports seconds per call, FLOPs and the peak RSS
-added by the call. It then times the real ResNet-50 training step (bench/common's step,
-the loop of tf_simclr.train) at a small batch, takes its per-image cost and
-EXTRAPOLATES it linearly to batch b, reporting the NT-Xent share of such a step. The
-last line is one JSON object.
+added by the call (with --blocked, first `losses.blocked_nt_xent_loss`, the row-blocked
+loss of gradient caching, then the plain loss, in the same process: memory the first
+freed may be reused by the second). It then times the real ResNet-50 training step
+(bench/common's step, the loop of tf_simclr.train) at a small batch, takes its
+per-image cost and EXTRAPOLATES it linearly to batch b, reporting the NT-Xent share of
+such a step. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -40,32 +43,44 @@ absl_flags.DEFINE_integer('reference_image_size', 224,
                           'Image size of the ResNet-50 step; 0 skips it.')
 absl_flags.DEFINE_integer('reference_batch_size', 8, 'Batch of the measured ResNet-50 step.')
 absl_flags.DEFINE_integer('reference_steps', 2, 'Timed ResNet-50 steps (after one warm-up).')
+absl_flags.DEFINE_bool('blocked', False,
+                       'Also time `losses.blocked_nt_xent_loss` (the row-blocked loss of '
+                       'gradient caching) at each batch size, after the plain loss.')
 absl_flags.DEFINE_enum('mixed_precision', 'float32', ['float32', 'bfloat16'],
                        'Precision of the ResNet-50 step (the loss is float32 either way).')
 FLAGS = absl_flags.FLAGS
 
 
-def time_nt_xent(batch_size: int, dim: int, temperature: float, steps: int) -> dict[str, Any]:
-  """Seconds, FLOPs and memory of one NT-Xent loss + gradient at global batch b."""
+def time_nt_xent(batch_size: int, dim: int, temperature: float, steps: int,
+                 blocked: bool = False) -> dict[str, Any]:
+  """Seconds, FLOPs and memory of one NT-Xent loss + gradient at global batch b.
+
+  `blocked`: `losses.blocked_nt_xent_loss` (its default row blocks) instead of
+  `losses.nt_xent_loss`; the FLOPs are those of the plain loss either way.
+  """
   hidden = tf.random.stateless_normal([2 * batch_size, dim], seed=[1, batch_size])
 
   @tf.function
   def loss_and_gradient(hidden: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     with tf.GradientTape() as tape:
       tape.watch(hidden)
-      loss, _, _ = losses.nt_xent_loss(hidden, temperature=temperature)
+      if blocked:
+        loss, _ = losses.blocked_nt_xent_loss(hidden, temperature=temperature)
+      else:
+        loss, _, _ = losses.nt_xent_loss(hidden, temperature=temperature)
     return loss, tape.gradient(loss, hidden)
 
   forward = common.forward_flops(lambda h: losses.nt_xent_loss(h, temperature=temperature)[0],
                                  hidden)
-  baseline_rss = common.peak_rss_mb()
-  common.reset_peak_rss()
+  common.reset_peak_rss()  # From here VmHWM is this call's peak (earlier calls' too if
+  baseline_rss = common.peak_rss_mb()  # the kernel cannot reset it).
   loss_and_gradient(hidden)[1].numpy()  # Trace + warm up.
   durations = common.time_calls(lambda: loss_and_gradient(hidden)[1].numpy(), steps)
   peak = common.peak_rss_mb()
   logits_bytes = (2 * batch_size) ** 2 * 4
   return {
       'batch_size': batch_size,
+      'blocked': blocked,
       'seconds': common.median(durations),
       'seconds_min': min(durations),
       'flops': common.TRAIN_FLOPS_PER_FORWARD_FLOP * forward,
@@ -96,10 +111,13 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   batch_sizes = [int(size) for size in FLAGS.batch_sizes]
   result: dict[str, Any] = {'nt_xent': [], 'load_average_1min': common.load_average()}
-  for batch_size in batch_sizes:
-    measured = time_nt_xent(batch_size, FLAGS.proj_out_dim, FLAGS.temperature, FLAGS.steps)
+  for batch_size, blocked in [(size, blocked) for size in batch_sizes
+                              for blocked in ([True, False] if FLAGS.blocked else [False])]:
+    measured = time_nt_xent(batch_size, FLAGS.proj_out_dim, FLAGS.temperature, FLAGS.steps,
+                            blocked)
     result['nt_xent'].append(measured)
-    print(f'NT-Xent b={batch_size} ({2 * batch_size}x{2 * batch_size} logits): '
+    print(f"NT-Xent{' (row blocks)' if blocked else ''} b={batch_size} "
+          f'({2 * batch_size}x{2 * batch_size} logits): '
           f"{measured['seconds']:.3f} s fwd+bwd, {measured['flops'] / 1e9:.1f} GFLOP, "
           f"peak RSS {measured['peak_rss_mb']:.0f} MiB "
           f"(+{measured['rss_increase_mb']:.0f}; the 2b x 2b float32 logits are "

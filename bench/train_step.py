@@ -129,7 +129,15 @@ def compare_cpu_kernels(config: config_lib.Config, strategy: tf.distribute.Strat
     for mode, step in others.items():
       times[mode] += common.time_calls(step, 1)
   medians = {mode: common.median(values) for mode, values in times.items()}
-  return {'step_seconds_median_alternating_kernels': medians['run'],
+  # Per round (one step of each, back to back): the spread of the ratio under load.
+  round_ratios = {mode: [other / run for other, run in zip(times[mode], times['run'])]
+                  for mode in others}
+  return {'step_seconds_alternating_kernels': times['run'],
+          'step_seconds_cpu_kernels_ours': times['ours'],
+          'step_seconds_cpu_kernels_stock': times['stock'],
+          'round_speedups_vs_cpu_kernels_ours': round_ratios['ours'],
+          'round_speedups_vs_cpu_kernels_stock': round_ratios['stock'],
+          'step_seconds_median_alternating_kernels': medians['run'],
           'step_seconds_median_cpu_kernels_ours': medians['ours'],
           'step_seconds_median_cpu_kernels_stock': medians['stock'],
           'speedup_vs_cpu_kernels_ours': medians['ours'] / medians['run'],
@@ -289,7 +297,10 @@ def main(argv: list[str]) -> None:
   if 'speedup_vs_cpu_kernels_stock' in result:
     print(f"--cpu_kernels={FLAGS.cpu_kernels} vs ours everywhere / stock everywhere "
           f"(alternating): {result['speedup_vs_cpu_kernels_ours']:.3f}x / "
-          f"{result['speedup_vs_cpu_kernels_stock']:.3f}x", flush=True)
+          f"{result['speedup_vs_cpu_kernels_stock']:.3f}x; per round: "
+          + ', '.join(f'{ours:.2f}/{stock:.2f}' for ours, stock in zip(
+              result['round_speedups_vs_cpu_kernels_ours'],
+              result['round_speedups_vs_cpu_kernels_stock'])), flush=True)
   print(json.dumps(result, sort_keys=True), flush=True)
 
 
