@@ -32,6 +32,7 @@ from absl import flags as absl_flags
 import flags as simclr_flags
 from tf_simclr import config as config_lib
 from tf_simclr import cuda_quiet
+from tf_simclr import run_dir
 from tf_simclr import strategy as strategy_lib
 
 # `run.py --help` lists our flags and the official ones, not only absl's.
@@ -57,29 +58,12 @@ def _remove_new_files(model_dir: str, before: set[str]) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.isdir(model_dir):
     return
-  for name in set(_list_dir(model_dir)) - before:
+  for name in set(run_dir.list_names(model_dir)) - before:
     path = os.path.join(model_dir, name)
     if not tf.io.gfile.isdir(path):
       tf.io.gfile.remove(path)
-  if not _list_dir(model_dir):
+  if not run_dir.list_names(model_dir):
     tf.io.gfile.remove(model_dir)
-
-
-def _list_dir(directory: str) -> list[str]:
-  """Names in `directory` (any tf.io.gfile path); [] when it is not a directory."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not tf.io.gfile.isdir(directory):
-    return []
-  return [name.rstrip('/') for name in tf.io.gfile.listdir(directory)]
-
-
-def _read_text(path: str) -> str | None:
-  """The text of the file at `path` (any tf.io.gfile path), or None when it is missing."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
-    return None
-  with tf.io.gfile.GFile(path) as text_file:
-    return text_file.read()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -122,11 +106,11 @@ def main(argv: list[str]) -> None:
   chief = strategy_lib.is_chief(strategy)
   if mode != 'eval':
     _check_model_dir(model_dir)
-  files_before = set(_list_dir(model_dir))
-  flags_path = os.path.join(model_dir, 'flags.json')
-  flags_before = _read_text(flags_path)
-  flagfile_path = os.path.join(model_dir, 'flags.txt')
-  flagfile_before = _read_text(flagfile_path)
+  files_before = set(run_dir.list_names(model_dir))
+  flags_path = run_dir.flags_json_path(model_dir)
+  flags_before = run_dir.read_text(flags_path)
+  flagfile_path = run_dir.flags_txt_path(model_dir)
+  flagfile_before = run_dir.read_text(flagfile_path)
   checkpoint_before = checkpoints.latest_complete_checkpoint(model_dir)
 
   def nothing_trained() -> bool:
@@ -139,11 +123,10 @@ def main(argv: list[str]) -> None:
       return
     try:
       _remove_new_files(model_dir, files_before)
-      if flags_before is not None and _read_text(flags_path) != flags_before:
-        # write_json_atomic adds the final newline back.
-        checkpoints.write_json_atomic(flags_path, flags_before.removesuffix('\n'))
-      if flagfile_before is not None and _read_text(flagfile_path) != flagfile_before:
-        checkpoints.write_text_atomic(flagfile_path, flagfile_before)
+      if flags_before is not None and run_dir.read_text(flags_path) != flags_before:
+        run_dir.write_text_atomic(flags_path, flags_before)
+      if flagfile_before is not None and run_dir.read_text(flagfile_path) != flagfile_before:
+        run_dir.write_text_atomic(flagfile_path, flagfile_before)
     except (OSError, tf.errors.OpError):
       pass  # The cause itself (e.g. a read-only or full disk): nothing more to undo.
 
@@ -205,12 +188,9 @@ def main(argv: list[str]) -> None:
         checkpoints.check_compatible(checkpoint_before, config)
       # The files describe the model built: for an official --checkpoint, its structure.
       model_override = config.model if official_source else None
-      if chief:
-        checkpoints.write_json_atomic(os.path.join(model_dir, 'flags.json'),
-                                      simclr_flags.flags_to_json(model_config=model_override))
-        # A flagfile that repeats this run: python run.py --flagfile=MODEL_DIR/flags.txt
-        checkpoints.write_text_atomic(
-            flagfile_path, simclr_flags.flags_to_flagfile(model_config=model_override))
+      if chief:  # flags.txt repeats this run: python run.py --flagfile=MODEL_DIR/flags.txt
+        run_dir.write_flags(model_dir, simclr_flags.flags_to_json(model_config=model_override),
+                            simclr_flags.flags_to_flagfile(model_config=model_override))
       train_lib.train(config, strategy, data_sizes=data_sizes)
     if mode == 'train_then_eval':
       evaluate_lib.evaluate(config, strategy, data_sizes=data_sizes)

@@ -172,19 +172,9 @@ def config_from_flags_json(path: Union[str, os.PathLike[str]]
     FileNotFoundError: the file does not exist.
     ValueError: one line naming the file and flag, for a bad value or bad JSON.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from tf_simclr import run_dir  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
-  try:
-    with tf.io.gfile.GFile(path) as json_file:
-      values = json.load(json_file)
-  except (FileNotFoundError, tf.errors.NotFoundError):
-    raise FileNotFoundError(
-        f'{path} not found: pass the model_dir of a run that wrote flags.json.'
-    ) from None
-  except json.JSONDecodeError as error:
-    raise ValueError(f'{path} is not valid JSON: {error}.') from None
-  if not isinstance(values, dict):
-    raise ValueError(f'{path} must hold a JSON object of flag values.')
+  values = run_dir.load_flags_json(path)
   flag_values = absl_flags.FlagValues()
   define_flags(flag_values)
   for name in all_flag_names():

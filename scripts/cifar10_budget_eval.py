@@ -31,6 +31,7 @@ from tf_simclr import config as config_lib
 from tf_simclr import data as data_lib
 from tf_simclr import knn
 from tf_simclr import linear_probe
+from tf_simclr import run_dir
 
 
 def read_scalars(model_dir: str) -> dict[str, list[tuple[int, float, float]]]:
@@ -110,7 +111,7 @@ def main() -> int:
   parser.add_argument('--plot', default='docs/cifar10_budget.png')
   args = parser.parse_args()
 
-  config = flags_lib.config_from_flags_json(os.path.join(args.model_dir, 'flags.json'))
+  config = flags_lib.config_from_flags_json(run_dir.flags_json_path(args.model_dir))
   if args.data_dir:
     config = config_lib.replace(config, data={'data_dir': args.data_dir})
   info = data_lib.get_dataset_info(config.data)
@@ -154,7 +155,7 @@ def main() -> int:
           - results['random_init']['linear_probe_top_1_accuracy']),
       'knn_history': history,
   }
-  checkpoints.write_json_atomic(os.path.join(args.model_dir, 'budget_result.json'), summary)
+  run_dir.write_json_atomic(os.path.join(args.model_dir, 'budget_result.json'), summary)
   print(json.dumps({key: value for key, value in summary.items() if key != 'knn_history'},
                    indent=1), flush=True)
   if args.plot and history:

@@ -105,7 +105,7 @@ def _save_loop(directory: str) -> None:
   """Writes ckpt-N (a 32 MB variable filled with N) and result.json {'step': N} forever."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(REPO_ROOT))
-  from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
+  from tf_simclr import run_dir  # pylint: disable=g-import-not-at-top
   variable = tf.Variable(tf.zeros([8 * 1024 * 1024]))
   step = tf.Variable(0, dtype=tf.int64)
   checkpoint = tf.train.Checkpoint(weights=variable, global_step=step)
@@ -115,8 +115,8 @@ def _save_loop(directory: str) -> None:
     variable.assign(tf.fill([8 * 1024 * 1024], float(number)))
     step.assign(number)
     manager.save(checkpoint_number=number)
-    checkpoints.write_json_atomic(os.path.join(directory, 'result.json'),
-                                  {'step': number, 'padding': padding})
+    run_dir.write_json_atomic(os.path.join(directory, 'result.json'),
+                              {'step': number, 'padding': padding})
     print(number, flush=True)
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import flags as absl_flags
 
 import flags as flags_lib
-from tf_simclr import checkpoints
+from tf_simclr import run_dir
 from tf_simclr.models import build_model
 from tf_simclr.models.resnet import count_encoder_params
 
@@ -128,8 +128,8 @@ def test_flagfile_leaves_unset_optional_flags_unset(tmp_path):
 
 def test_write_text_atomic_through_gfile_leaves_no_temporary_file():
   directory = 'ram://test_configs/run'
-  checkpoints.write_text_atomic(f'{directory}/flags.txt', 'old\n')
-  checkpoints.write_text_atomic(f'{directory}/flags.txt', '--seed=3\n')
+  run_dir.write_text_atomic(f'{directory}/flags.txt', 'old\n')
+  run_dir.write_text_atomic(f'{directory}/flags.txt', '--seed=3\n')
   with tf.io.gfile.GFile(f'{directory}/flags.txt') as text_file:
     assert text_file.read() == '--seed=3\n'
   assert tf.io.gfile.listdir(directory) == ['flags.txt']

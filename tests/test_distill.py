@@ -28,6 +28,7 @@ from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import distill
 from tf_simclr import optim
+from tf_simclr import run_dir
 from tf_simclr import train as train_lib
 from tf_simclr.models import build_model
 
@@ -55,7 +56,7 @@ def write_teacher(model_dir: pathlib.Path, num_classes: int = train_fixtures.NUM
       variable.assign(rng.normal(scale=1.0, size=variable.shape).astype(np.float32))
   tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(model_dir), 1).save(
       checkpoint_number=3)
-  checkpoints.write_json_atomic(str(model_dir / 'flags.json'), {
+  run_dir.write_json_atomic(str(model_dir / 'flags.json'), {
       'resnet_depth': 18, 'proj_out_dim': 16, 'image_size': IMAGE_SIZE,
       'train_mode': 'finetune', 'model_dir': str(model_dir)})
   return config

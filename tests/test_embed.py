@@ -18,10 +18,10 @@ from google.protobuf import text_format
 
 from hub_export import __main__ as hub_export_main
 from tests.test_own_images import cifar_files, link
-from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import embed
 from tf_simclr import export as export_lib
+from tf_simclr import run_dir
 from tf_simclr.export import model_card
 from tf_simclr.models import build_model
 
@@ -45,7 +45,7 @@ def run_and_export(tmp_path_factory):
   tf.train.CheckpointManager(tf.train.Checkpoint(
       model=model, global_step=tf.Variable(3, dtype=tf.int64)), str(model_dir), 1).save(
       checkpoint_number=3)
-  checkpoints.write_json_atomic(str(model_dir / 'result.json'), json.dumps(
+  run_dir.write_json_atomic(str(model_dir / 'result.json'), json.dumps(
       {'eval/contrast_acc': 0.25, 'global_step': 3, 'num_examples': 40}))
   hub_export_main.export_run(str(model_dir), str(export_dir), license_name='CC-BY-4.0')
   return model_dir, export_dir

@@ -27,6 +27,7 @@ from tests import train_fixtures
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import evaluate as evaluate_lib
+from tf_simclr import run_dir
 from tf_simclr import train as train_lib
 from tf_simclr.models import build_model
 
@@ -309,11 +310,11 @@ def _write_run_dir(model_dir: pathlib.Path, with_flags: bool = True) -> None:
   tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(model_dir), 1).save(
       checkpoint_number=3)
   if with_flags:
-    checkpoints.write_json_atomic(str(model_dir / 'flags.json'),
-                                  {'resnet_depth': 18, 'proj_out_dim': 16,
-                                   'dataset': 'image_folder', 'image_size': 16,
-                                   'train_batch_size': 8,
-                                   'model_dir': str(model_dir)})
+    run_dir.write_json_atomic(str(model_dir / 'flags.json'),
+                              {'resnet_depth': 18, 'proj_out_dim': 16,
+                               'dataset': 'image_folder', 'image_size': 16,
+                               'train_batch_size': 8,
+                               'model_dir': str(model_dir)})
 
 
 def _bad_input_cases(root: pathlib.Path, image_folder: pathlib.Path):

@@ -24,6 +24,7 @@ from tests import reliability_helpers as helpers
 from tf_simclr import checkpoints
 from tf_simclr import embed
 from tf_simclr import export as export_lib
+from tf_simclr import run_dir
 from tf_simclr.config import DataConfig
 from tf_simclr.data import datasets
 
@@ -63,8 +64,8 @@ def test_checkpoint_files_on_a_remote_file_system(ram_dir):
   assert sorted(os.path.basename(path) for path in removed) == [
       'checkpoint.tmp1a2b3c', 'ckpt-3_temp', 'ckpt-4.data-00000-of-00001']
   # result.json / flags.json: atomic, no temporary left, not on the local disk.
-  checkpoints.write_json_atomic(model_dir + '/result.json', {'accuracy': np.float32(0.5)})
-  checkpoints.write_json_atomic(model_dir + '/result.json', {'accuracy': np.float32(0.75)})
+  run_dir.write_json_atomic(model_dir + '/result.json', {'accuracy': np.float32(0.5)})
+  run_dir.write_json_atomic(model_dir + '/result.json', {'accuracy': np.float32(0.75)})
   with tf.io.gfile.GFile(model_dir + '/result.json') as result_file:
     assert json.load(result_file) == {'accuracy': 0.75}
   assert sorted(tf.io.gfile.listdir(model_dir)) == [

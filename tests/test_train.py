@@ -20,6 +20,7 @@ from tf_simclr import config as config_lib
 from tf_simclr import evaluate as evaluate_lib
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import progress as progress_lib
+from tf_simclr import run_dir
 from tf_simclr import train as train_lib
 from tf_simclr.models import build_model
 
@@ -146,8 +147,8 @@ def test_checkpoint_with_other_depth_gives_one_clear_line(pretrained, tmp_path):
   config, _ = pretrained
   model_dir = str(tmp_path)
   shutil.copytree(config.train.model_dir, model_dir, dirs_exist_ok=True)
-  checkpoints.write_json_atomic(os.path.join(model_dir, 'flags.json'),
-                                {'resnet_depth': 50, 'proj_out_dim': 16})
+  run_dir.write_json_atomic(os.path.join(model_dir, 'flags.json'),
+                            {'resnet_depth': 50, 'proj_out_dim': 16})
   finetune_config = config_lib.replace(config, train={'train_mode': 'finetune'})
   with pytest.raises(ValueError, match='has resnet_depth 50 but --resnet_depth=18'):
     checkpoints.check_compatible(checkpoints.resolve_checkpoint(model_dir), finetune_config)
@@ -202,7 +203,7 @@ def test_progress_line(capsys):
 
 def test_write_json_atomic_leaves_no_temp_files(tmp_path):
   path = tmp_path / 'result.json'
-  checkpoints.write_json_atomic(str(path), {'a': np.float32(0.5), 'b': np.int64(3)})
+  run_dir.write_json_atomic(str(path), {'a': np.float32(0.5), 'b': np.int64(3)})
   assert json.load(open(path)) == {'a': 0.5, 'b': 3}
   assert os.listdir(tmp_path) == ['result.json']
 
@@ -228,8 +229,8 @@ def test_resume_with_changed_flags(pretrained, tmp_path):
   path = os.path.join(model_dir, f'ckpt-{STEPS}')
   for name in tf.io.gfile.glob(os.path.join(config.train.model_dir, f'ckpt-{STEPS}.*')):
     shutil.copy(name, model_dir)
-  saved = checkpoints.to_json_compatible(config.flat_dict())
-  checkpoints.write_json_atomic(os.path.join(model_dir, 'flags.json'), saved)
+  saved = run_dir.to_json_compatible(config.flat_dict())
+  run_dir.write_json_atomic(os.path.join(model_dir, 'flags.json'), saved)
   assert checkpoints.check_resume_flags(path, config) == []
   changed = config_lib.replace(config, train={'train_batch_size': 16},
                                model={'resnet_depth': 34})

@@ -1,4 +1,4 @@
-"""Checkpoints and result files of a run.
+"""Checkpoints of a run (the other files of model_dir: tf_simclr/run_dir.py).
 
 A training checkpoint holds the model, the optimizer (its slots and `iterations`,
 which is the global step) and the input iterators, in a `tf.train.CheckpointManager`
@@ -16,18 +16,16 @@ data shards are missing, and `remove_partial_saves` deletes the leftovers.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import shutil
 import tempfile
-import uuid
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Optional
 
 import tensorflow as tf
 
 from tf_simclr import config as config_lib
+from tf_simclr import run_dir
 from tf_simclr.strategy import is_chief
 
 # Flags that change variable shapes or the model structure; a checkpoint written
@@ -39,48 +37,6 @@ MODEL_STRUCTURE_FLAGS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_rat
 RESUME_FIXED_FLAGS = MODEL_STRUCTURE_FLAGS + (
     'train_mode', 'lineareval_while_pretraining', 'fine_tune_after_block', 'optimizer',
     'train_batch_size', 'dataset', 'train_split', 'image_size', 'cifar_stem')
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-  """Writes `data` as JSON to `path` via a temporary file and a rename.
-
-  Any tf.io.gfile path (local, gs://, ram://): see `write_text_atomic`. A reader
-  never sees a half-written file, even if the process dies mid-write.
-  """
-  text = data if isinstance(data, str) else json.dumps(
-      to_json_compatible(data), indent=2, sort_keys=True)
-  write_text_atomic(path, text + '\n')
-
-
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes `text` to `path` (any tf.io.gfile file system) via a temporary file and a
-  rename, so a reader never sees a half-written file."""
-  directory, name = os.path.split(path)
-  tf.io.gfile.makedirs(directory or '.')
-  temp_path = os.path.join(directory, f'.{name}.{uuid.uuid4().hex}.tmp')
-  try:
-    with tf.io.gfile.GFile(temp_path, 'w') as text_file:
-      text_file.write(text)
-    tf.io.gfile.rename(temp_path, path, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(temp_path):
-      tf.io.gfile.remove(temp_path)
-    raise
-
-
-def to_json_compatible(value: Any) -> Any:
-  """NumPy / TF scalars and arrays -> plain Python numbers and lists."""
-  if isinstance(value, Mapping):
-    return {str(key): to_json_compatible(item) for key, item in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [to_json_compatible(item) for item in value]
-  if isinstance(value, tf.Tensor):
-    value = value.numpy()
-  if hasattr(value, 'tolist'):  # NumPy arrays and scalars.
-    return to_json_compatible(value.tolist())
-  if isinstance(value, float) and not math.isfinite(value):
-    return str(value)
-  return value
 
 
 def resolve_checkpoint(path: str, flag_name: str = '--checkpoint') -> str:
@@ -210,27 +166,6 @@ def object_variable_shapes(checkpoint_path: str,
   return shapes
 
 
-def read_run_flags(checkpoint_path: str) -> Optional[dict[str, Any]]:
-  """The flat {flag: value} of the `flags.json` next to a checkpoint, if any."""
-  flags_path = os.path.join(os.path.dirname(checkpoint_path), 'flags.json')
-  if not tf.io.gfile.exists(flags_path):
-    return None
-  try:
-    with tf.io.gfile.GFile(flags_path) as json_file:
-      values = json.load(json_file)
-  except (json.JSONDecodeError, UnicodeDecodeError):
-    return None
-  if not isinstance(values, dict):
-    return None
-  flat: dict[str, Any] = {}
-  for key, value in values.items():  # Nested `Config.to_dict` files too.
-    if isinstance(value, dict):
-      flat.update(value)
-    else:
-      flat[key] = value
-  return flat
-
-
 def check_compatible(checkpoint_path: str, config: config_lib.Config) -> None:
   """Raises ValueError when the run that wrote the checkpoint built another model.
 
@@ -238,7 +173,7 @@ def check_compatible(checkpoint_path: str, config: config_lib.Config) -> None:
   (when present) with `config`, e.g. 'checkpoint X has resnet_depth 50 but
   --resnet_depth=18'.
   """
-  run_flags = read_run_flags(checkpoint_path)
+  run_flags = run_dir.read_flags(os.path.dirname(checkpoint_path))
   if run_flags is None:
     return
   ours = config.flat_dict()
@@ -262,10 +197,10 @@ def check_resume_flags(checkpoint_path: str, config: config_lib.Config) -> list[
     ValueError: one line naming each changed flag of `RESUME_FIXED_FLAGS` with the
       run's value and the new one.
   """
-  run_flags = read_run_flags(checkpoint_path)
+  run_flags = run_dir.read_flags(os.path.dirname(checkpoint_path))
   if run_flags is None:
     return []
-  ours = to_json_compatible(config.flat_dict())
+  ours = run_dir.to_json_compatible(config.flat_dict())
   changed = sorted(name for name in ours
                    if name in run_flags and run_flags[name] != ours[name])
   fixed = [name for name in changed if name in RESUME_FIXED_FLAGS]
@@ -443,20 +378,12 @@ class CheckpointSaver:
 _DATA_SHARD = re.compile(r'\.data-(\d{5})-of-(\d{5})$')
 
 
-def _list_names(directory: str) -> list[str]:
-  """File and folder names in `directory` (tf.io.gfile; [] when it does not exist)."""
-  try:
-    return [name.rstrip('/') for name in tf.io.gfile.listdir(directory)]
-  except tf.errors.NotFoundError:
-    return []
-
-
 def is_complete_checkpoint(prefix: str) -> bool:
   """Whether `prefix.index` and all of its `prefix.data-*-of-N` shards exist and read."""
   if not tf.io.gfile.exists(prefix + '.index'):
     return False
   directory, base = os.path.split(prefix)
-  shards = [name for name in _list_names(directory)
+  shards = [name for name in run_dir.list_names(directory)
             if name.startswith(base + '.data-') and _DATA_SHARD.search(name)]
   counts = {int(_DATA_SHARD.search(name).group(2)) for name in shards}
   if len(counts) != 1 or len(shards) != counts.pop():
@@ -496,7 +423,7 @@ def complete_checkpoints(directory: str) -> Iterator[str]:
       candidates.append(path if os.path.isabs(path) or '://' in path
                         else os.path.join(directory, path))
   found = []
-  for name in _list_names(directory):
+  for name in run_dir.list_names(directory):
     match = re.fullmatch(r'ckpt-(\d+)\.index', name)
     if match:
       found.append((int(match.group(1)), os.path.join(directory, name[:-len('.index')])))
@@ -515,7 +442,7 @@ def remove_partial_saves(directory: str) -> list[str]:
   removed = []
   if not directory or not tf.io.gfile.isdir(directory):
     return removed
-  names = _list_names(directory)
+  names = run_dir.list_names(directory)
   for name in names:
     path = os.path.join(directory, name)
     partial = (re.match(r'ckpt-\d+_temp', name) or name.startswith('checkpoint.tmp') or

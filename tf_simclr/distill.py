@@ -38,6 +38,7 @@ from tf_simclr import export as export_lib
 from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import optim
+from tf_simclr import run_dir
 
 InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
@@ -157,7 +158,7 @@ def _checkpoint_num_classes(prefix: str) -> int:
 
 def _teacher_config(config: config_lib.Config, prefix: str) -> config_lib.Config:
   """The student's config with the model fields of the teacher run's flags.json."""
-  run_flags = checkpoints.read_run_flags(prefix) or {}
+  run_flags = run_dir.read_flags(os.path.dirname(prefix)) or {}
   model_fields = {field.name: run_flags[field.name]
                   for field in dataclasses.fields(config_lib.ModelConfig)
                   if field.name in run_flags}

@@ -150,17 +150,9 @@ def config_from_run(model_dir: str) -> Any:
   """The `Config` of a run from its flags.json (flag names are the config's field names;
   absent ones take their defaults, unknown ones such as absl's own are ignored)."""
   import dataclasses  # pylint: disable=g-import-not-at-top
-  import json  # pylint: disable=g-import-not-at-top
   from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(model_dir, 'flags.json')
-  try:
-    with tf.io.gfile.GFile(path) as flags_file:
-      values = json.load(flags_file)
-  except tf.errors.NotFoundError:
-    raise FileNotFoundError(f'{path} not found: pass the model_dir of a run that wrote '
-                            'flags.json.') from None
-  except ValueError as error:
-    raise ValueError(f'{path} is not valid JSON: {error}.') from None
+  from tf_simclr import run_dir  # pylint: disable=g-import-not-at-top
+  values = run_dir.load_flags_json(run_dir.flags_json_path(model_dir))
   nested = {}
   for section in dataclasses.fields(config_lib.Config):
     names = {field.name for field in dataclasses.fields(section.default_factory)}

@@ -26,6 +26,7 @@ from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import official_import
 from tf_simclr import optim
+from tf_simclr import run_dir
 from tf_simclr import strategy as strategy_lib
 from tf_simclr import train as train_lib
 
@@ -219,8 +220,7 @@ def write_eval_results(model_dir: str, result: dict[str, Any]) -> None:
       if key.startswith('eval/'):
         tf.summary.scalar(key, value, step=step)
   writer.close()
-  checkpoints.write_json_atomic(os.path.join(model_dir, f'result_{step}.json'), result)
-  checkpoints.write_json_atomic(os.path.join(model_dir, 'result.json'), result)
+  run_dir.write_result(model_dir, result)
 
 
 def evaluate_continuously(config: config_lib.Config, strategy: tf.distribute.Strategy, *,

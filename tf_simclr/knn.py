@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
+from tf_simclr import run_dir
 
 FEATURE_ENDPOINT = 'final_avg_pool'
 # Queries per similarity matmul: [chunk, bank] float32 stays ~200 MB for a 50k bank.
@@ -261,17 +261,15 @@ def append_history(model_dir: str, entry: dict[str, Any]) -> None:
   history = read_history(model_dir)
   history = [item for item in history if item.get('global_step') != entry.get('global_step')]
   history.append(entry)
-  checkpoints.write_json_atomic(path, history)
+  run_dir.write_json_atomic(path, history)
 
 
 def read_history(model_dir: str) -> list[dict[str, Any]]:
   """The entries of model_dir/knn.json; [] when absent."""
-  import json  # pylint: disable=g-import-not-at-top
   path = os.path.join(model_dir, KNN_HISTORY_FILENAME)
   if not tf.io.gfile.exists(path):
     return []
-  with tf.io.gfile.GFile(path) as history_file:
-    return list(json.load(history_file))
+  return list(run_dir.read_json(path))
 
 
 def monitor_for(config: config_lib.Config, strategy: tf.distribute.Strategy,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -43,6 +42,7 @@ from tf_simclr import official_import
 from tf_simclr import optim
 from tf_simclr import precision
 from tf_simclr import progress as progress_lib
+from tf_simclr import run_dir
 from tf_simclr import strategy as strategy_lib
 from tf_simclr import summaries
 from tf_simclr.models import SimCLRModel, build_model
@@ -52,7 +52,6 @@ InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
 
 DEFAULT_MAX_STEPS_PER_LOOP = 100
-SAVED_MODEL_DIRNAME = 'saved_model'
 
 
 def dataset_info(config: config_lib.Config, with_eval: Optional[bool] = None) -> Any:
@@ -287,23 +286,6 @@ def export_hub_module(model: SimCLRModel, config: config_lib.Config, step: int,
       is_chief=chief, card_context={'config': config})
 
 
-def has_hub_export(model_dir: str, step: int) -> bool:
-  """Whether model_dir/saved_model/<step>/ holds a finished export."""
-  return tf.io.gfile.exists(
-      os.path.join(model_dir, SAVED_MODEL_DIRNAME, str(step), 'saved_model.pb'))
-
-
-def remove_export_temporaries(model_dir: str) -> None:
-  """Deletes model_dir/saved_model/.<step>.tmp-* folders of exports killed midway."""
-  root = os.path.join(model_dir, SAVED_MODEL_DIRNAME)
-  if not tf.io.gfile.isdir(root):
-    return
-  for name in tf.io.gfile.listdir(root):
-    name = name.rstrip('/')
-    if re.fullmatch(r'\.\d+\.tmp-.+', name):
-      tf.io.gfile.rmtree(os.path.join(root, name))
-
-
 def _write_augmentation_images(config: config_lib.Config, input_fn: InputFn,
                                writer: Any, step: int) -> None:
   """One image summary 'train/augmented_views' of a fresh training batch (pretrain)."""
@@ -511,7 +493,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   last_saved_step = -1
   if chief:
     checkpoints.remove_partial_saves(model_dir)
-    remove_export_temporaries(model_dir)
+    run_dir.remove_export_temporaries(model_dir)
   resumed_from, notes = saver.restore_latest()
   if chief:
     for note in notes:
@@ -608,7 +590,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
     # 5. The end: the last step has a checkpoint (the same decision on every worker).
     if last_saved_step != step:
       saver.save(step)
-    if config.export.export_hub_module != 'never' and not has_hub_export(model_dir, step):
+    if config.export.export_hub_module != 'never' and not run_dir.has_hub_export(model_dir, step):
       # --export_hub_module=end, or a run killed during its last export: export now.
       export_hub_module(model, config, step, chief)
   finally:
