@@ -13,7 +13,6 @@ until one reaches the last training step.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any, Callable, Optional
@@ -123,38 +122,85 @@ def _evaluate_model(config: config_lib.Config, strategy: tf.distribute.Strategy,
                     input_fn: Optional[InputFn], write_results: bool,
                     verbose: bool) -> dict[str, Any]:
   """Runs the eval split through `model`; see `evaluate`."""
-  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
-  train_config = config.train
   regularization_loss = float(optim.weight_decay_loss(model, config.optim))
-
   if has_head:
-    input_fn = input_fn or data_lib.eval_input_fn(config)
-    names = ('count', 'top_1', 'top_5')
-
-    def eval_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
-      logits = model(batch['image'], training=False)['logits_sup']
-      mask = batch['mask']
-      return tf.stack([tf.reduce_sum(mask),
-                       metrics_lib.top_k_correct(batch['label'], logits, mask, 1),
-                       metrics_lib.top_k_correct(batch['label'], logits, mask, 5)])
-    max_steps = train_config.eval_steps or None
+    names, eval_step, default_input_fn, max_steps = classifier_eval_step(config, model)
   else:
-    input_fn = input_fn or data_lib.eval_input_fn(config, two_views=True)
-    names = ('count', 'contrast_loss', 'contrast_acc', 'contrast_entropy')
+    names, eval_step, default_input_fn, max_steps = contrastive_eval_step(config, model,
+                                                                         sizes)
+  start = time.perf_counter()
+  accumulator = run_eval_steps(strategy, eval_step, input_fn or default_input_fn(), names,
+                               max_steps)
+  if accumulator.total('count') == 0:
+    raise ValueError(f'--eval_split={config.data.eval_split} gave no examples to evaluate '
+                     f'(--dataset={config.data.dataset}, --eval_steps='
+                     f'{config.train.eval_steps}); choose a non-empty split.')
+  result = eval_result(accumulator, names, has_head)
+  result.update({'eval/regularization_loss': regularization_loss,
+                 'global_step': global_step,
+                 'num_examples': int(accumulator.total('count')),
+                 'checkpoint': checkpoint_path})
+  if config.knn.knn_at_eval:
+    result.update(knn_eval_metrics(config, strategy, model, sizes.num_classes))
+  chief = strategy_lib.is_chief(strategy)
+  if verbose and chief:
+    print_eval_result(result, time.perf_counter() - start)
+  if write_results and chief:
+    write_eval_results(config.train.model_dir, result)
+  return result
 
-    def eval_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
-      projection = model(batch['image'], training=False)['proj_head_output']
-      loss, logits_ab, labels = losses.nt_xent_loss(
-          tf.cast(projection, tf.float32), temperature=config.loss.temperature,
-          hidden_norm=config.loss.hidden_norm,
-          replica_context=tf.distribute.get_replica_context())
-      contrast = losses.contrastive_metrics(logits_ab, labels)
-      count = tf.cast(tf.shape(batch['mask'])[0], tf.float32)
-      return tf.stack([count, loss * count, contrast['contrast_acc'] * count,
-                       contrast['contrast_entropy'] * count])
-    # The two-view input repeats: one pass over the split.
-    max_steps = train_config.eval_steps or max(
-        1, sizes.num_eval_examples // train_config.eval_batch_size)
+
+EvalStep = Callable[[dict[str, tf.Tensor]], tf.Tensor]
+
+
+def classifier_eval_step(config: config_lib.Config, model: Any
+                         ) -> tuple[tuple[str, ...], EvalStep, Callable[[], InputFn],
+                                    Optional[int]]:
+  """(metric names, per-replica step -> mask-weighted sums, the default input function,
+  the step limit or None) of a model with a supervised head: top-1 / top-5 of its
+  logits on the eval split, every example once."""
+  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  def eval_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+    logits = model(batch['image'], training=False)['logits_sup']
+    mask = batch['mask']
+    return tf.stack([tf.reduce_sum(mask),
+                     metrics_lib.top_k_correct(batch['label'], logits, mask, 1),
+                     metrics_lib.top_k_correct(batch['label'], logits, mask, 5)])
+
+  return (('count', 'top_1', 'top_5'), eval_step,
+          lambda: data_lib.eval_input_fn(config), config.train.eval_steps or None)
+
+
+def contrastive_eval_step(config: config_lib.Config, model: Any, sizes: Any
+                          ) -> tuple[tuple[str, ...], EvalStep, Callable[[], InputFn],
+                                     Optional[int]]:
+  """As `classifier_eval_step` for a model without a trained head: the contrastive
+  loss, accuracy and entropy of two augmented views, over one pass of the split."""
+  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  def eval_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+    projection = model(batch['image'], training=False)['proj_head_output']
+    loss, logits_ab, labels = losses.nt_xent_loss(
+        tf.cast(projection, tf.float32), temperature=config.loss.temperature,
+        hidden_norm=config.loss.hidden_norm,
+        replica_context=tf.distribute.get_replica_context())
+    contrast = losses.contrastive_metrics(logits_ab, labels)
+    count = tf.cast(tf.shape(batch['mask'])[0], tf.float32)
+    return tf.stack([count, loss * count, contrast['contrast_acc'] * count,
+                     contrast['contrast_entropy'] * count])
+
+  # The two-view input repeats: one pass over the split.
+  max_steps = config.train.eval_steps or max(
+      1, sizes.num_eval_examples // config.train.eval_batch_size)
+  return (('count', 'contrast_loss', 'contrast_acc', 'contrast_entropy'), eval_step,
+          lambda: data_lib.eval_input_fn(config, two_views=True), max_steps)
+
+
+def run_eval_steps(strategy: tf.distribute.Strategy, eval_step: EvalStep,
+                   input_fn: InputFn, names: tuple[str, ...],
+                   max_steps: Optional[int]) -> metrics_lib.EvalAccumulator:
+  """Sums `eval_step` over the replicas and the batches (at most `max_steps`)."""
 
   @tf.function
   def distributed_eval_step(batch: Any) -> tf.Tensor:
@@ -163,39 +209,32 @@ def _evaluate_model(config: config_lib.Config, strategy: tf.distribute.Strategy,
 
   dataset = strategy.distribute_datasets_from_function(input_fn)
   accumulator = metrics_lib.EvalAccumulator()
-  start = time.perf_counter()
   for step_index, batch in enumerate(dataset):
     if max_steps is not None and step_index >= max_steps:
       break
     accumulator.add(metrics_lib.unpack(distributed_eval_step(batch).numpy(), names))
-  if accumulator.total('count') == 0:
-    raise ValueError(f'--eval_split={config.data.eval_split} gave no examples to evaluate '
-                     f'(--dataset={config.data.dataset}, --eval_steps='
-                     f'{train_config.eval_steps}); choose a non-empty split.')
+  return accumulator
+
+
+def eval_result(accumulator: metrics_lib.EvalAccumulator, names: tuple[str, ...],
+                has_head: bool) -> dict[str, Any]:
+  """The 'eval/...' ratios of the sums (and 'linear_eval' without a head)."""
   if has_head:
-    result: dict[str, Any] = {
-        'eval/label_top_1_accuracy': accumulator.ratio('top_1'),
-        'eval/label_top_5_accuracy': accumulator.ratio('top_5'),
-    }
-  else:
-    result = {f'eval/{name}': accumulator.ratio(name) for name in names[1:]}
-    result['linear_eval'] = NO_LINEAR_EVAL
-  result['eval/regularization_loss'] = regularization_loss
-  result['global_step'] = global_step
-  result['num_examples'] = int(accumulator.total('count'))
-  result['checkpoint'] = checkpoint_path
-  if config.knn.knn_at_eval:
-    result.update(knn_eval_metrics(config, strategy, model, sizes.num_classes))
-  if verbose and strategy_lib.is_chief(strategy):
-    shown = ', '.join(f'{key} {value:.4f}' for key, value in result.items()
-                      if key.startswith('eval/'))
-    print(f'eval at step {global_step} on {result["num_examples"]} examples '
-          f'({time.perf_counter() - start:.1f} s): {shown}', flush=True)
-    if not has_head:
-      print(f'linear eval {NO_LINEAR_EVAL}.', flush=True)
-  if write_results and strategy_lib.is_chief(strategy):
-    write_eval_results(train_config.model_dir, result)
+    return {'eval/label_top_1_accuracy': accumulator.ratio('top_1'),
+            'eval/label_top_5_accuracy': accumulator.ratio('top_5')}
+  result: dict[str, Any] = {f'eval/{name}': accumulator.ratio(name) for name in names[1:]}
+  result['linear_eval'] = NO_LINEAR_EVAL
   return result
+
+
+def print_eval_result(result: dict[str, Any], seconds: float) -> None:
+  """The result line ('eval at step N on M examples (s): ...')."""
+  shown = ', '.join(f'{key} {value:.4f}' for key, value in result.items()
+                    if key.startswith('eval/'))
+  print(f'eval at step {result["global_step"]} on {result["num_examples"]} examples '
+        f'({seconds:.1f} s): {shown}', flush=True)
+  if 'linear_eval' in result:
+    print(f'linear eval {NO_LINEAR_EVAL}.', flush=True)
 
 
 def knn_eval_metrics(config: config_lib.Config, strategy: tf.distribute.Strategy,

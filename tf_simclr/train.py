@@ -19,8 +19,8 @@ the global-batch mean.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 import signal
 import sys
 import threading
@@ -445,158 +445,298 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   Raises:
     ValueError / FileNotFoundError: one line naming the flag or file at fault.
   """
-  train_config = config.train
-  num_replicas = strategy.num_replicas_in_sync
-  model_dir = train_config.model_dir
   chief = strategy_lib.is_chief(strategy)
-  pretrain = train_config.train_mode == 'pretrain'
-
-  # 1. Data and step budget.
+  # 1. Data, step budget, the weights to start from (checked before anything is built).
   sizes = data_sizes or dataset_info(config)
-  total_steps = optim.total_train_steps(train_config, sizes.num_train_examples)
-  checkpoint_steps = optim.checkpoint_interval_steps(train_config, sizes.num_train_examples)
-  loop_steps = steps_per_loop(train_config, checkpoint_steps)
+  plan = StepPlan.for_run(config.train, sizes.num_train_examples)
   input_fn = input_fn or train_input_fn(config)
-  pretrained_path = official_source = official_architecture = None
-  if train_config.checkpoint:
-    # A published google-research/simclr model (checkpoint or SavedModel), or ours.
-    official_source = official_import.find_source(train_config.checkpoint)
-    if official_source is None:
-      pretrained_path = checkpoints.resolve_checkpoint(train_config.checkpoint)
-    else:
-      official_architecture = official_import.read_architecture(official_source)
-      official_import.config_for_architecture(config, official_architecture, explicit=None,
-                                              source_path=train_config.checkpoint)
-  keras.utils.set_random_seed(train_config.seed)
-  keep_nan_propagation()
-  if train_config.deterministic:
-    tf.config.experimental.enable_op_determinism()
+  start = StartingWeights.of(config)
+  set_up_determinism(config.train)
   iterator = make_iterator(strategy, input_fn)
 
-  # 2. Model and optimizer, built before the first step.
+  # 2. Model and optimizer, built before the first step; a distillation teacher.
   model, optimizer, learning_rate = build_model_and_optimizer(
-      config, strategy, sizes.num_classes, sizes.num_train_examples, total_steps)
-  supervised = model.supervised_head is not None
-  metric_names = train_metric_names(config, pretrain, supervised)
-  teacher = None
-  if train_config.train_mode == 'distill':  # SimCLRv2 stage 3: tf_simclr/distill.py.
-    from tf_simclr import distill  # pylint: disable=g-import-not-at-top
-    teacher = distill.load_teacher(config, strategy, sizes.num_classes)
-    metric_names = distill.metric_names(config)
+      config, strategy, sizes.num_classes, sizes.num_train_examples, plan.total_steps)
+  teacher, metric_names = load_teacher(config, strategy, model, sizes.num_classes)
 
   # 3. Restore: own latest checkpoint, else --checkpoint weights, else fresh.
-  checkpoint = tf.train.Checkpoint(
-      model=model, optimizer=optimizer, global_step=optimizer.iterations,
-      input_iterators=tf.train.Checkpoint(**checkpoints.iterator_trackables(iterator)))
-  saver = checkpoints.CheckpointSaver(checkpoint, model_dir,
-                                      train_config.keep_checkpoint_max, strategy)
-  last_saved_step = -1
-  if chief:
-    checkpoints.remove_partial_saves(model_dir)
-    run_dir.remove_export_temporaries(model_dir)
-  resumed_from, notes = saver.restore_latest()
-  if chief:
-    for note in notes:
-      print(note, file=sys.stderr, flush=True)
-  if resumed_from:
-    last_saved_step = int(optimizer.iterations.numpy())
-    if verbose and chief:
-      print(f'Resuming from {resumed_from}.', flush=True)
-  elif pretrained_path:
-    restore_pretrained(model, pretrained_path, config)
-    if verbose and chief:
-      print(f'Starting from the weights of {pretrained_path}.', flush=True)
-  elif official_source is not None:
-    note = official_import.load_for_training(model, official_source, official_architecture,
-                                             train_config.zero_init_logits_layer)
-    if verbose and chief:
-      print(f'Starting from the official model: {note}.', flush=True)
+  saver = checkpoint_saver(config, strategy, model, optimizer, iterator)
+  resumed = restore(saver, start, model, config, chief, verbose)
   step = int(optimizer.iterations.numpy())
+  last_saved_step = step if resumed else -1
 
-  # 4. The step function and the multi-step loop, with the CPU kernels chosen first.
-  kernels = kernel_choice.choose_for_run(config, model, num_replicas,
-                                         total_steps=total_steps)
-  if verbose and chief and kernels.timings:
-    print(kernels.summary(), flush=True)
-  if teacher is not None:
-    step_fn = distill.build_train_step(config, model, teacher, optimizer, strategy,
-                                       metric_names)
-  else:
-    step_fn = build_train_step(config, model, optimizer, strategy, metric_names)
-  train_loop = build_train_loop(strategy, step_fn, len(metric_names))
-
-  writer = (tf.summary.create_file_writer(model_dir) if chief
-            else tf.summary.create_noop_writer())
-  if chief and step == 0:
-    _write_augmentation_images(config, input_fn, writer, step)
-  if chief:
-    summaries.write_hparams(writer, config, step)
+  # 4. The CPU kernels, then the step function and the multi-step loop.
+  choose_kernels(config, model, strategy, plan.total_steps, verbose and chief)
+  train_loop = build_train_loop(
+      strategy, build_step_fn(config, model, teacher, optimizer, strategy, metric_names),
+      len(metric_names))
+  writer = open_summary_writer(config, input_fn, step, chief)
   knn_monitor = start_knn_monitor(config, strategy, sizes.num_classes, model, step,
                                   writer, chief, verbose)
-  progress = progress_lib.Progress(total_steps, train_config.train_batch_size, step)
+  progress = progress_lib.Progress(plan.total_steps, config.train.train_batch_size, step)
   result: dict[str, float] = {}
   termination = _TerminationFlag().install()
   try:
-    while step < total_steps:
-      next_checkpoint = (step // checkpoint_steps + 1) * checkpoint_steps
-      num_steps = min(loop_steps, next_checkpoint - step, total_steps - step)
-      loop_start = time.perf_counter()
-      try:
-        sums = train_loop(iterator, tf.constant(num_steps, tf.int32))
-      except tf.errors.OutOfRangeError:
-        # The training input repeats: it ends only when no example decodes at all.
-        raise ValueError(
-            f'the training input yielded no images at step {step} (--dataset='
-            f'{config.data.dataset} --data_dir={config.data.data_dir} --train_split='
-            f'{config.data.train_split}): every image failed to decode, or there are fewer '
-            'than one batch of readable ones; check the image files.') from None
-      step = int(optimizer.iterations.numpy())
-      loop_seconds = time.perf_counter() - loop_start  # The steps alone, no export.
-      loop_metrics = metrics_lib.unpack(sums.numpy() / num_steps, metric_names)
-      if loss_scale.SKIPPED_METRIC in loop_metrics:  # A count over the loop, not a mean.
-        loop_metrics[loss_scale.SKIPPED_METRIC] = round(
-            loop_metrics[loss_scale.SKIPPED_METRIC] * num_steps)
+    while step < plan.total_steps:
+      num_steps = plan.loop_length(step)
+      loop_metrics, step, loop_seconds = run_steps(train_loop, iterator, optimizer,
+                                                   num_steps, metric_names, config, step)
       check_finite_loss(loop_metrics, step - num_steps + 1, step)
-      current_lr = float(learning_rate(step))
-      result = {'global_step': step, 'learning_rate': current_lr,
-                **{f'train/{name}': value for name, value in loop_metrics.items()}}
-      with writer.as_default():
-        for name, value in loop_metrics.items():
-          tf.summary.scalar(f'train/{name}', value, step=step)
-        tf.summary.scalar('learning_rate', current_lr, step=step)
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-          tf.summary.scalar('loss_scale', float(optimizer.dynamic_scale.numpy()), step=step)
-      summaries.write_throughput(writer, step, num_steps, loop_seconds,
-                                 train_config.train_batch_size)
-      writer.flush()
-      if verbose and chief:
-        shown = {'loss': loop_metrics['total_loss']}
-        for name in ('contrast_acc', 'supervised_acc', 'teacher_agreement',
-                     loss_scale.SKIPPED_METRIC):
-          if name in loop_metrics:
-            shown[name] = loop_metrics[name]
-        shown['lr'] = current_lr
-        progress.report(step, shown)
-      if knn_monitor is not None and knn_monitor.is_due(step - num_steps, step, total_steps):
+      result = log_loop(writer, progress if verbose and chief else None, optimizer,
+                        learning_rate, loop_metrics, step, num_steps, loop_seconds,
+                        config.train.train_batch_size)
+      if knn_monitor is not None and knn_monitor.is_due(step - num_steps, step,
+                                                        plan.total_steps):
         result.update(knn_monitor.run_during_training(model, step, writer, chief, verbose))
-      if step % checkpoint_steps == 0 or step >= total_steps:
-        saver.save(step)
-        last_saved_step = step
-        if config.export.export_hub_module == 'checkpoint':
-          export_hub_module(model, config, step, chief)
-      if termination.requested and step < total_steps:
-        path = saver.save(step) if last_saved_step != step else saver.latest_checkpoint
-        raise TrainingPreempted(step, path if chief else None, termination.signal_number)
+      if plan.is_checkpoint_step(step):
+        last_saved_step = save_checkpoint(saver, model, config, step, chief)
+      if termination.requested and step < plan.total_steps:
+        stop_after_signal(saver, step, last_saved_step, chief, termination.signal_number)
     # 5. The end: the last step has a checkpoint (the same decision on every worker).
-    if last_saved_step != step:
-      saver.save(step)
-    if config.export.export_hub_module != 'never' and not run_dir.has_hub_export(model_dir, step):
-      # --export_hub_module=end, or a run killed during its last export: export now.
-      export_hub_module(model, config, step, chief)
+    finish(saver, model, config, step, last_saved_step, chief)
   finally:
     termination.uninstall()
     saver.close()
     writer.close()
-  if not result:
-    result = {'global_step': step, 'learning_rate': float(learning_rate(step))}
-  return result
+  return result or {'global_step': step, 'learning_rate': float(learning_rate(step))}
+
+
+# ---------------------------------------------------------------------------
+# The steps of `train`, in the order it calls them.
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """The run's step budget: `total_steps`, a checkpoint every `checkpoint_steps`, at
+  most `loop_steps` steps per `tf.function` call."""
+  total_steps: int
+  checkpoint_steps: int
+  loop_steps: int
+
+  @classmethod
+  def for_run(cls, train_config: config_lib.TrainConfig, num_train_examples: int
+              ) -> 'StepPlan':
+    checkpoint_steps = optim.checkpoint_interval_steps(train_config, num_train_examples)
+    return cls(total_steps=optim.total_train_steps(train_config, num_train_examples),
+               checkpoint_steps=checkpoint_steps,
+               loop_steps=steps_per_loop(train_config, checkpoint_steps))
+
+  def loop_length(self, step: int) -> int:
+    """Steps of the next loop from `step`: it stops at the next checkpoint and the end."""
+    next_checkpoint = (step // self.checkpoint_steps + 1) * self.checkpoint_steps
+    return min(self.loop_steps, next_checkpoint - step, self.total_steps - step)
+
+  def is_checkpoint_step(self, step: int) -> bool:
+    return step % self.checkpoint_steps == 0 or step >= self.total_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class StartingWeights:
+  """What --checkpoint names: our checkpoint (`pretrained_path`), a published
+  google-research/simclr model (`official_source` and its architecture), or nothing."""
+  pretrained_path: Optional[str] = None
+  official_source: Any = None
+  official_architecture: Any = None
+
+  @classmethod
+  def of(cls, config: config_lib.Config) -> 'StartingWeights':
+    """Resolves --checkpoint; raises ValueError / FileNotFoundError when it is unusable."""
+    path = config.train.checkpoint
+    if not path:
+      return cls()
+    # A published google-research/simclr model (checkpoint or SavedModel), or ours.
+    official_source = official_import.find_source(path)
+    if official_source is None:
+      return cls(pretrained_path=checkpoints.resolve_checkpoint(path))
+    architecture = official_import.read_architecture(official_source)
+    official_import.config_for_architecture(config, architecture, explicit=None,
+                                            source_path=path)  # Checks the structure flags.
+    return cls(official_source=official_source, official_architecture=architecture)
+
+
+def set_up_determinism(train_config: config_lib.TrainConfig) -> None:
+  """--seed, NaN propagation kept (`keep_nan_propagation`), --deterministic ops."""
+  keras.utils.set_random_seed(train_config.seed)
+  keep_nan_propagation()
+  if train_config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+
+
+def load_teacher(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                 model: SimCLRModel, num_classes: int) -> tuple[Any, tuple[str, ...]]:
+  """(the distillation teacher or None, the step's metric names)."""
+  if config.train.train_mode != 'distill':
+    return None, train_metric_names(config, config.train.train_mode == 'pretrain',
+                                    model.supervised_head is not None)
+  from tf_simclr import distill  # pylint: disable=g-import-not-at-top
+  # SimCLRv2 stage 3: tf_simclr/distill.py.
+  return distill.load_teacher(config, strategy, num_classes), distill.metric_names(config)
+
+
+def checkpoint_saver(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                     model: SimCLRModel, optimizer: keras.optimizers.Optimizer,
+                     iterator: Any) -> checkpoints.CheckpointSaver:
+  """The saver of the training state: model, optimizer, step and input position."""
+  checkpoint = tf.train.Checkpoint(
+      model=model, optimizer=optimizer, global_step=optimizer.iterations,
+      input_iterators=tf.train.Checkpoint(**checkpoints.iterator_trackables(iterator)))
+  return checkpoints.CheckpointSaver(checkpoint, config.train.model_dir,
+                                     config.train.keep_checkpoint_max, strategy)
+
+
+def restore(saver: checkpoints.CheckpointSaver, start: StartingWeights, model: SimCLRModel,
+            config: config_lib.Config, chief: bool, verbose: bool) -> bool:
+  """Restores the run's latest checkpoint, else the --checkpoint weights; the chief
+  first deletes what saves and exports killed midway left.
+
+  Returns:
+    Whether a checkpoint of this run was restored (a resumed run).
+  """
+  if chief:
+    checkpoints.remove_partial_saves(config.train.model_dir)
+    run_dir.remove_export_temporaries(config.train.model_dir)
+  resumed_from, notes = saver.restore_latest()
+  if chief:
+    for note in notes:
+      print(note, file=sys.stderr, flush=True)
+  say = verbose and chief
+  if resumed_from:
+    if say:
+      print(f'Resuming from {resumed_from}.', flush=True)
+    return True
+  if start.pretrained_path:
+    restore_pretrained(model, start.pretrained_path, config)
+    if say:
+      print(f'Starting from the weights of {start.pretrained_path}.', flush=True)
+  elif start.official_source is not None:
+    note = official_import.load_for_training(model, start.official_source,
+                                             start.official_architecture,
+                                             config.train.zero_init_logits_layer)
+    if say:
+      print(f'Starting from the official model: {note}.', flush=True)
+  return False
+
+
+def choose_kernels(config: config_lib.Config, model: SimCLRModel,
+                   strategy: tf.distribute.Strategy, total_steps: int, say: bool) -> None:
+  """--cpu_kernels: the CPU kernels of the model's layers, chosen before the step is
+  traced; their timings are printed when `say`."""
+  kernels = kernel_choice.choose_for_run(config, model, strategy.num_replicas_in_sync,
+                                         total_steps=total_steps)
+  if say and kernels.timings:
+    print(kernels.summary(), flush=True)
+
+
+def build_step_fn(config: config_lib.Config, model: SimCLRModel, teacher: Any,
+                  optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+                  metric_names: Sequence[str]) -> Callable[[dict[str, tf.Tensor]], tf.Tensor]:
+  """`build_train_step`, or distillation's step when there is a teacher."""
+  if teacher is not None:
+    from tf_simclr import distill  # pylint: disable=g-import-not-at-top
+    return distill.build_train_step(config, model, teacher, optimizer, strategy,
+                                    metric_names)
+  return build_train_step(config, model, optimizer, strategy, metric_names)
+
+
+def open_summary_writer(config: config_lib.Config, input_fn: InputFn, step: int,
+                        chief: bool) -> Any:
+  """The TensorBoard writer of model_dir (a no-op one off the chief), with the run's
+  hyperparameters and, on a fresh start, augmented views written."""
+  if not chief:
+    return tf.summary.create_noop_writer()
+  writer = tf.summary.create_file_writer(config.train.model_dir)
+  if step == 0:
+    _write_augmentation_images(config, input_fn, writer, step)
+  summaries.write_hparams(writer, config, step)
+  return writer
+
+
+def run_steps(train_loop: Callable[[Any, tf.Tensor], tf.Tensor], iterator: Any,
+              optimizer: keras.optimizers.Optimizer, num_steps: int,
+              metric_names: Sequence[str], config: config_lib.Config, step: int
+              ) -> tuple[dict[str, float], int, float]:
+  """Runs `num_steps` training steps from `step`.
+
+  Returns:
+    (the loop's mean metrics, with `skipped_steps` a count; the global step after it;
+    the seconds the steps took).
+
+  Raises:
+    ValueError: the training input ended (no image decodes).
+  """
+  loop_start = time.perf_counter()
+  try:
+    sums = train_loop(iterator, tf.constant(num_steps, tf.int32))
+  except tf.errors.OutOfRangeError:
+    # The training input repeats: it ends only when no example decodes at all.
+    raise ValueError(
+        f'the training input yielded no images at step {step} (--dataset='
+        f'{config.data.dataset} --data_dir={config.data.data_dir} --train_split='
+        f'{config.data.train_split}): every image failed to decode, or there are fewer '
+        'than one batch of readable ones; check the image files.') from None
+  step = int(optimizer.iterations.numpy())
+  loop_seconds = time.perf_counter() - loop_start  # The steps alone, no export.
+  loop_metrics = metrics_lib.unpack(sums.numpy() / num_steps, metric_names)
+  if loss_scale.SKIPPED_METRIC in loop_metrics:  # A count over the loop, not a mean.
+    loop_metrics[loss_scale.SKIPPED_METRIC] = round(
+        loop_metrics[loss_scale.SKIPPED_METRIC] * num_steps)
+  return loop_metrics, step, loop_seconds
+
+
+def log_loop(writer: Any, progress: Optional[progress_lib.Progress],
+             optimizer: keras.optimizers.Optimizer,
+             learning_rate: Callable[[int], Any], loop_metrics: dict[str, float],
+             step: int, num_steps: int, loop_seconds: float, batch_size: int
+             ) -> dict[str, float]:
+  """TensorBoard scalars of a loop and the progress line (when `progress` is given).
+
+  Returns:
+    {'global_step', 'learning_rate', 'train/<metric>': ...} of the loop.
+  """
+  current_lr = float(learning_rate(step))
+  with writer.as_default():
+    for name, value in loop_metrics.items():
+      tf.summary.scalar(f'train/{name}', value, step=step)
+    tf.summary.scalar('learning_rate', current_lr, step=step)
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+      tf.summary.scalar('loss_scale', float(optimizer.dynamic_scale.numpy()), step=step)
+  summaries.write_throughput(writer, step, num_steps, loop_seconds, batch_size)
+  writer.flush()
+  if progress is not None:
+    shown = {'loss': loop_metrics['total_loss']}
+    for name in ('contrast_acc', 'supervised_acc', 'teacher_agreement',
+                 loss_scale.SKIPPED_METRIC):
+      if name in loop_metrics:
+        shown[name] = loop_metrics[name]
+    shown['lr'] = current_lr
+    progress.report(step, shown)
+  return {'global_step': step, 'learning_rate': current_lr,
+          **{f'train/{name}': value for name, value in loop_metrics.items()}}
+
+
+def save_checkpoint(saver: checkpoints.CheckpointSaver, model: SimCLRModel,
+                    config: config_lib.Config, step: int, chief: bool) -> int:
+  """Saves `ckpt-<step>` and, with --export_hub_module=checkpoint, exports; returns
+  `step`."""
+  saver.save(step)
+  if config.export.export_hub_module == 'checkpoint':
+    export_hub_module(model, config, step, chief)
+  return step
+
+
+def stop_after_signal(saver: checkpoints.CheckpointSaver, step: int, last_saved_step: int,
+                      chief: bool, signal_number: int) -> None:
+  """Saves `step` (unless just saved) and raises TrainingPreempted."""
+  path = saver.save(step) if last_saved_step != step else saver.latest_checkpoint
+  raise TrainingPreempted(step, path if chief else None, signal_number)
+
+
+def finish(saver: checkpoints.CheckpointSaver, model: SimCLRModel,
+           config: config_lib.Config, step: int, last_saved_step: int, chief: bool) -> None:
+  """The last checkpoint and, unless --export_hub_module=never, the export of the last
+  step (for =end, or a run killed during its last export)."""
+  if last_saved_step != step:
+    saver.save(step)
+  if (config.export.export_hub_module != 'never' and
+      not run_dir.has_hub_export(config.train.model_dir, step)):
+    export_hub_module(model, config, step, chief)
