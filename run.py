@@ -85,11 +85,11 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]}; flags look like --name=value.')
   try:
-    config = simclr_flags.config_from_flags()  # Validated for one replica.
+    # Validated once: the replica count's checks wait for the strategy.
+    config = simclr_flags.config_from_flags(num_replicas=None)
     # Before any other TF op: logical CPUs and multi-worker set-up need it.
     strategy = strategy_lib.create_strategy(config.infra)
-    if strategy.num_replicas_in_sync > 1:  # Batch sizes must divide by the replicas.
-      config_lib.validate(config, strategy.num_replicas_in_sync)
+    config_lib.validate_replicas(config, strategy.num_replicas_in_sync)
   except (ValueError, FileNotFoundError) as error:
     fail(str(error))
 
@@ -159,7 +159,7 @@ def main(argv: list[str]) -> None:
               f'{official_source.kind.replace("_", " ")}: {architecture.describe()}', flush=True)
       config = official_import.config_for_architecture(
           config, architecture, simclr_flags.explicit_flag_names(), config.train.checkpoint)
-      config_lib.validate(config, strategy.num_replicas_in_sync)  # e.g. --ft_proj_selector
+      config_lib.validate_model(config.model)  # Its structure, e.g. with --ft_proj_selector.
     data_sizes = train_lib.dataset_info(config)
     if not data_sizes.labelled:  # Pretraining only: what needs labels is off or refused.
       from tf_simclr import unlabelled  # pylint: disable=g-import-not-at-top

@@ -56,13 +56,13 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
 
 
 def config_from_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS,
-                      num_replicas: int = 1) -> config_lib.Config:
+                      num_replicas: Optional[int] = 1) -> config_lib.Config:
   """Builds the typed config from parsed flags and validates it.
 
   Args:
     flag_values: parsed flags holding all of `all_flag_names()`.
-    num_replicas: replicas the batch sizes must divide; the training code checks
-      again with the strategy's real count.
+    num_replicas: replicas the batch sizes must divide; None leaves that check to the
+      caller (`config_lib.validate_replicas` once the strategy exists, as run.py does).
 
   Returns:
     The frozen `Config`; each config field takes the flag of the same name.

@@ -184,6 +184,24 @@ def test_batch_size_must_divide_replicas():
     flags_lib.config_from_flags(flag_values, num_replicas=3)
 
 
+def test_replica_checks_can_wait_for_the_strategy():
+  """run.py validates once: the values from the flags, then (with the strategy's
+  replica count) only the checks that depend on it."""
+  flag_values = fresh_flags(['--model_dir=/m', '--train_batch_size=15',
+                             '--eval_batch_size=30', '--micro_batch_size=5'])
+  config = flags_lib.config_from_flags(flag_values, num_replicas=None)
+  config_lib.validate_replicas(config, 3)
+  with pytest.raises(ValueError, match=r'--train_batch_size=15 .* 2 replicas'):
+    config_lib.validate_replicas(config, 2)
+  with pytest.raises(ValueError, match=r'--micro_batch_size=5 must divide the per-replica '
+                                       r'batch 3'):
+    config_lib.validate_replicas(config_lib.replace(config, train={'train_batch_size': 15,
+                                                                   'eval_batch_size': 5}), 5)
+  with pytest.raises(ValueError, match='--resnet_depth=19'):  # The rest is checked.
+    flags_lib.config_from_flags(fresh_flags(['--model_dir=/m', '--resnet_depth=19']),
+                                num_replicas=None)
+
+
 def test_fine_tune_after_block_is_fine_in_finetune():
   config = flags_lib.config_from_flags(fresh_flags(
       ['--model_dir=/m', '--train_mode=finetune', '--fine_tune_after_block=4',

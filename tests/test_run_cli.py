@@ -107,6 +107,9 @@ BAD_INPUTS = (
     (['--data_dir=/no/such/dir'], '/no/such/dir'),
     (['--checkpoint=/no/such/ckpt'], '--checkpoint=/no/such/ckpt does not exist'),
     (['--mode=eval', '--model_dir=/no/such/model_dir'], '--model_dir=/no/such/model_dir'),
+    # Checked once, when the strategy gives the replica count.
+    (['--num_cpu_devices=2', '--train_batch_size=15'],
+     '--train_batch_size=15 is not divisible by the 2 replicas'),
 )
 
 

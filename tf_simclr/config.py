@@ -231,36 +231,26 @@ def replace(config: Config, **sections: Any) -> Config:
   return dataclasses.replace(config, **updates)
 
 
-def validate(config: Config, num_replicas: int = 1) -> None:
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+def validate(config: Config, num_replicas: Optional[int] = 1) -> None:
   """Raises ValueError with one clear line naming the flag for invalid settings.
 
-  Checks single values and contradictory combinations. `flags/` calls it at start;
-  library entry points may call it too.
+  Checks single values and contradictory combinations, once per run at the entry
+  point (`flags.config_from_flags`, run.py); the library trusts a validated config.
+
+  Args:
+    config: the configuration.
+    num_replicas: replicas the batch sizes must divide; None leaves those checks
+      (`validate_replicas`) until the strategy, and so the count, exists.
   """
-  m, d, o, t, e, i, l = (config.model, config.data, config.optim, config.train,
-                         config.export, config.infra, config.loss)
-
-  def check(condition: bool, message: str) -> None:
-    if not condition:
-      raise ValueError(message)
-
-  check(m.resnet_depth in RESNET_DEPTHS,
-        f'--resnet_depth={m.resnet_depth} is not supported; use one of {RESNET_DEPTHS}.')
-  check(m.width_multiplier in (1, 2, 3, 4),
-        f'--width_multiplier={m.width_multiplier} is not supported; use 1, 2, 3 or 4.')
-  check(0.0 <= m.sk_ratio < 1.0, f'--sk_ratio={m.sk_ratio} must be in [0, 1) (0.0625 is the SimCLRv2 value).')
-  check(0.0 <= m.se_ratio < 1.0, f'--se_ratio={m.se_ratio} must be in [0, 1).')
-  check(0.0 < m.batch_norm_decay < 1.0, f'--batch_norm_decay={m.batch_norm_decay} must be in (0, 1).')
-  check(m.proj_head_mode in PROJ_HEAD_MODES,
-        f'--proj_head_mode={m.proj_head_mode!r} is unknown; use one of {PROJ_HEAD_MODES}.')
-  check(m.proj_out_dim > 0, f'--proj_out_dim={m.proj_out_dim} must be > 0.')
-  check(m.num_proj_layers >= 1 or m.proj_head_mode == 'none',
-        f'--num_proj_layers={m.num_proj_layers} must be >= 1 with --proj_head_mode={m.proj_head_mode}.')
-  num_hidden = 1 + (0 if m.proj_head_mode == 'none' else
-                    1 if m.proj_head_mode == 'linear' else m.num_proj_layers)
-  check(-num_hidden <= m.ft_proj_selector < num_hidden,
-        f'--ft_proj_selector={m.ft_proj_selector} is out of range for --proj_head_mode='
-        f'{m.proj_head_mode} --num_proj_layers={m.num_proj_layers}; use -{num_hidden}..{num_hidden - 1}.')
+  d, o, t, e, i, l = (config.data, config.optim, config.train, config.export,
+                      config.infra, config.loss)
+  check = _check
+  validate_model(config.model)
   check(l.temperature > 0, f'--temperature={l.temperature} must be > 0.')
   check(d.image_size >= 8, f'--image_size={d.image_size} must be >= 8.')
   check(d.color_jitter_strength >= 0, f'--color_jitter_strength={d.color_jitter_strength} must be >= 0.')
@@ -292,13 +282,7 @@ def validate(config: Config, num_replicas: int = 1) -> None:
         '--zero_init_logits_layer needs a supervised head: use --train_mode=finetune or '
         '--lineareval_while_pretraining.')
   check(t.train_batch_size > 0, f'--train_batch_size={t.train_batch_size} must be > 0.')
-  check(t.train_batch_size % num_replicas == 0,
-        f'--train_batch_size={t.train_batch_size} is not divisible by the {num_replicas} replicas; '
-        f'use a multiple of {num_replicas}.')
   check(t.eval_batch_size > 0, f'--eval_batch_size={t.eval_batch_size} must be > 0.')
-  check(t.eval_batch_size % num_replicas == 0,
-        f'--eval_batch_size={t.eval_batch_size} is not divisible by the {num_replicas} replicas; '
-        f'use a multiple of {num_replicas}.')
   check(t.train_epochs >= 0 and t.train_steps >= 0,
         '--train_epochs and --train_steps must be >= 0.')
   check(t.train_epochs > 0 or t.train_steps > 0 or t.mode == 'eval',
@@ -316,9 +300,6 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(t.micro_batch_size == 0 or t.train_mode != 'distill',
         '--micro_batch_size applies to --train_mode=pretrain or finetune, not distill; '
         'drop it.')
-  check(t.micro_batch_size == 0 or (t.train_batch_size // num_replicas) % t.micro_batch_size == 0,
-        f'--micro_batch_size={t.micro_batch_size} must divide the per-replica batch '
-        f'{t.train_batch_size // num_replicas} (--train_batch_size / {num_replicas} replicas).')
   check(t.log_every_steps >= 0, f'--log_every_steps={t.log_every_steps} must be >= 0.')
   check(t.eval_timeout_secs >= 0,
         f'--eval_timeout_secs={t.eval_timeout_secs} must be >= 0 (0: no limit).')
@@ -327,10 +308,6 @@ def validate(config: Config, num_replicas: int = 1) -> None:
   check(t.mixed_precision != 'float16' or (t.micro_batch_size == 0 and t.train_mode != 'distill'),
         '--mixed_precision=float16 (loss scaling) is not supported with --micro_batch_size or '
         '--train_mode=distill; use float32 or bfloat16 there.')
-  check(not t.jit_compile or num_replicas == 1 or (
-      t.micro_batch_size == 0 and t.train_mode != 'distill'),
-        f'--jit_compile with --micro_batch_size or --train_mode=distill compiles on one '
-        f'replica only (got {num_replicas}); drop --jit_compile or run on one device.')
   check(t.cpu_kernels in CPU_KERNELS,
         f'--cpu_kernels={t.cpu_kernels!r} is unknown; use one of {CPU_KERNELS}.')
   check(bool(t.model_dir), '--model_dir is required: the directory for checkpoints and results.')
@@ -344,6 +321,50 @@ def validate(config: Config, num_replicas: int = 1) -> None:
         '--num_cpu_devices splits the CPU for local multi-replica runs; it cannot be combined with --use_tpu.')
   _validate_knn(config.knn)
   _validate_distill(config.distill, t)
+  if num_replicas is not None:
+    validate_replicas(config, num_replicas)
+
+
+def validate_model(m: ModelConfig) -> None:
+  """The model-structure checks of `validate` (run again on a structure read from a
+  published checkpoint); ValueError naming the flag."""
+  check = _check
+  check(m.resnet_depth in RESNET_DEPTHS,
+        f'--resnet_depth={m.resnet_depth} is not supported; use one of {RESNET_DEPTHS}.')
+  check(m.width_multiplier in (1, 2, 3, 4),
+        f'--width_multiplier={m.width_multiplier} is not supported; use 1, 2, 3 or 4.')
+  check(0.0 <= m.sk_ratio < 1.0, f'--sk_ratio={m.sk_ratio} must be in [0, 1) (0.0625 is the SimCLRv2 value).')
+  check(0.0 <= m.se_ratio < 1.0, f'--se_ratio={m.se_ratio} must be in [0, 1).')
+  check(0.0 < m.batch_norm_decay < 1.0, f'--batch_norm_decay={m.batch_norm_decay} must be in (0, 1).')
+  check(m.proj_head_mode in PROJ_HEAD_MODES,
+        f'--proj_head_mode={m.proj_head_mode!r} is unknown; use one of {PROJ_HEAD_MODES}.')
+  check(m.proj_out_dim > 0, f'--proj_out_dim={m.proj_out_dim} must be > 0.')
+  check(m.num_proj_layers >= 1 or m.proj_head_mode == 'none',
+        f'--num_proj_layers={m.num_proj_layers} must be >= 1 with --proj_head_mode={m.proj_head_mode}.')
+  num_hidden = 1 + (0 if m.proj_head_mode == 'none' else
+                    1 if m.proj_head_mode == 'linear' else m.num_proj_layers)
+  check(-num_hidden <= m.ft_proj_selector < num_hidden,
+        f'--ft_proj_selector={m.ft_proj_selector} is out of range for --proj_head_mode='
+        f'{m.proj_head_mode} --num_proj_layers={m.num_proj_layers}; use -{num_hidden}..{num_hidden - 1}.')
+
+
+def validate_replicas(config: Config, num_replicas: int) -> None:
+  """The checks of `validate` that depend on the replica count: the batch sizes divide
+  by it; ValueError naming the flag."""
+  t, check = config.train, _check
+  check(t.train_batch_size % num_replicas == 0,
+        f'--train_batch_size={t.train_batch_size} is not divisible by the {num_replicas} replicas; '
+        f'use a multiple of {num_replicas}.')
+  check(t.eval_batch_size % num_replicas == 0,
+        f'--eval_batch_size={t.eval_batch_size} is not divisible by the {num_replicas} replicas; '
+        f'use a multiple of {num_replicas}.')
+  check(t.micro_batch_size == 0 or (t.train_batch_size // num_replicas) % t.micro_batch_size == 0,
+        f'--micro_batch_size={t.micro_batch_size} must divide the per-replica batch '
+        f'{t.train_batch_size // num_replicas} (--train_batch_size / {num_replicas} replicas).')
+  check(not t.jit_compile or num_replicas == 1 or (
+      t.micro_batch_size == 0 and t.train_mode != 'distill'),
+        f'--jit_compile with --micro_batch_size or --train_mode=distill compiles on one '
+        f'replica only (got {num_replicas}); drop --jit_compile or run on one device.')
 
 
 def _validate_knn(knn: KnnConfig) -> None:
