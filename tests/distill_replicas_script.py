@@ -50,7 +50,6 @@ def main() -> None:
   cpu = tf.config.list_physical_devices('CPU')[0]
   tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
   from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
-  from tests import distributed_train_script  # pylint: disable=g-import-not-at-top
   from tests import test_distill  # pylint: disable=g-import-not-at-top
   from tests import train_fixtures  # pylint: disable=g-import-not-at-top
   from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
@@ -69,7 +68,7 @@ def main() -> None:
                              data_sizes=train_fixtures.Sizes(GLOBAL_BATCH * NUM_STEPS, 8),
                              verbose=False)
     assert result['global_step'] == NUM_STEPS, result
-    weights = distributed_train_script.checkpoint_weights(str(model_dir / f'ckpt-{NUM_STEPS}'))
+    weights = train_fixtures.checkpoint_weights(str(model_dir / f'ckpt-{NUM_STEPS}'))
     np.savez(out_dir / f'weights_{name}.npz', **weights)
     print(name, 'done', result, flush=True)
 

@@ -20,30 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-NUM_STEPS = 3
-GLOBAL_BATCH = 8
-IMAGE_SIZE = 16
-
-
-def checkpoint_weights(checkpoint_path: str) -> dict[str, np.ndarray]:
-  """Model and optimizer tensors of a checkpoint (input state and counters left out)."""
-  reader = tf.train.load_checkpoint(checkpoint_path)
-  return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-          if not key.startswith(('input_iterators', 'save_counter', '_CHECKPOINTABLE'))}
-
 
 def run(strategy: tf.distribute.Strategy, model_dir: str) -> dict[str, np.ndarray]:
   from tests import train_fixtures  # pylint: disable=g-import-not-at-top
-  from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
-  config = train_fixtures.tiny_config(model_dir, train_steps=NUM_STEPS,
-                                      checkpoint_steps=NUM_STEPS,
-                                      train_batch_size=GLOBAL_BATCH)
-  batches = train_fixtures.global_batches(NUM_STEPS, GLOBAL_BATCH, IMAGE_SIZE)
-  result = train_lib.train(config, strategy, input_fn=train_fixtures.make_input_fn(batches),
-                           data_sizes=train_fixtures.Sizes(GLOBAL_BATCH * NUM_STEPS, 8),
-                           verbose=False)
-  assert result['global_step'] == NUM_STEPS, result
-  return checkpoint_weights(os.path.join(model_dir, f'ckpt-{NUM_STEPS}'))
+  return train_fixtures.train_fixed_batches(strategy, model_dir)
 
 
 def main() -> None:

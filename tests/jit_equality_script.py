@@ -22,28 +22,11 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tf_simclr  # pylint: disable=g-import-not-at-top,unused-import  (oneDNN as run.py)
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from tests import distributed_train_script  # pylint: disable=g-import-not-at-top
-
-NUM_STEPS = 3
-GLOBAL_BATCH = 8
-IMAGE_SIZE = 16
-
 
 def run(strategy: tf.distribute.Strategy, model_dir: str, jit_compile: bool
         ) -> dict[str, np.ndarray]:
   from tests import train_fixtures  # pylint: disable=g-import-not-at-top
-  from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
-  config = train_fixtures.tiny_config(model_dir, train_steps=NUM_STEPS,
-                                      checkpoint_steps=NUM_STEPS,
-                                      train_batch_size=GLOBAL_BATCH,
-                                      jit_compile=jit_compile)
-  batches = train_fixtures.global_batches(NUM_STEPS, GLOBAL_BATCH, IMAGE_SIZE)
-  result = train_lib.train(config, strategy, input_fn=train_fixtures.make_input_fn(batches),
-                           data_sizes=train_fixtures.Sizes(GLOBAL_BATCH * NUM_STEPS, 8),
-                           verbose=False)
-  assert result['global_step'] == NUM_STEPS, result
-  return distributed_train_script.checkpoint_weights(
-      os.path.join(model_dir, f'ckpt-{NUM_STEPS}'))
+  return train_fixtures.train_fixed_batches(strategy, model_dir, jit_compile=jit_compile)
 
 
 def main() -> None:

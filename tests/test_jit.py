@@ -17,58 +17,20 @@ Times on 2 busy cores: one device about 1 min, 2 replicas 2 min of CPU (XLA comp
 about 60 clusters per replica), 4 replicas and 2 workers more: all slow.
 """
 
-import json
-import os
 import pathlib
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = str(REPO_ROOT / 'tests' / 'jit_equality_script.py')
+from tests import train_fixtures
+
+SCRIPT = str(pathlib.Path(__file__).resolve().parent / 'jit_equality_script.py')
 TIMEOUT_SECS = 3600
 RTOL, ATOL = 1e-4, 2e-5
 
 
-def _free_ports(count: int) -> list[int]:
-  sockets = [socket.socket() for _ in range(count)]
-  try:
-    for sock in sockets:
-      sock.bind(('127.0.0.1', 0))
-    return [sock.getsockname()[1] for sock in sockets]
-  finally:
-    for sock in sockets:
-      sock.close()
-
-
-def _run_all(jobs: dict[str, tuple[list[str], dict[str, str]]], out_dir: pathlib.Path) -> None:
-  """Runs the jobs together; fails with the log tail of one that did not exit 0."""
-  processes = {}
-  try:
-    for name, (args, env_updates) in jobs.items():
-      env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **env_updates)
-      if 'TF_CONFIG' not in env_updates:
-        env.pop('TF_CONFIG', None)
-      log = open(out_dir / f'{name}.log', 'w')
-      processes[name] = (subprocess.Popen([sys.executable, SCRIPT, *args], cwd=REPO_ROOT,
-                                          env=env, stdout=log, stderr=subprocess.STDOUT), log)
-    for name, (process, _) in processes.items():
-      try:
-        code = process.wait(timeout=TIMEOUT_SECS)
-      except subprocess.TimeoutExpired:
-        code = 'timeout'
-      if code != 0:
-        pytest.fail(f'{name} exited with {code}:\n'
-                    + (out_dir / f'{name}.log').read_text()[-3000:])
-  finally:
-    for process, log in processes.values():
-      if process.poll() is None:
-        process.kill()
-        process.wait()
-      log.close()
+def _run_all(jobs: train_fixtures.Jobs, out_dir: pathlib.Path) -> None:
+  train_fixtures.run_together(SCRIPT, jobs, out_dir, TIMEOUT_SECS)
 
 
 def _assert_xla_equals_plain(out_dir: pathlib.Path, label: str) -> None:
@@ -107,10 +69,5 @@ def test_four_replicas_xla_equals_plain(tmp_path):
 @pytest.mark.slow
 def test_two_local_workers_xla_equals_plain(tmp_path):
   # Two processes, about 2 min of CPU each.
-  ports = _free_ports(2)
-  cluster = {'worker': [f'127.0.0.1:{port}' for port in ports]}
-  jobs = {f'worker{index}': (['worker', str(tmp_path)], {
-      'TF_CONFIG': json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': index}})
-  }) for index in range(2)}
-  _run_all(jobs, tmp_path)
+  _run_all(train_fixtures.worker_jobs(['worker', str(tmp_path)]), tmp_path)
   _assert_xla_equals_plain(tmp_path, 'mwms')

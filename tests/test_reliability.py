@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -85,28 +84,12 @@ def _kill_and_resume(command, model_dir, log_path, kill_points):
 
 def test_resume_with_the_image_folder_pipeline_is_bit_identical(image_folder, tmp_path):
   """In-process: a crash after step 2 (ckpt-3 and ckpt-4 lost), then the same call."""
-  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   data = config_lib.DataConfig(dataset='image_folder', data_dir=str(image_folder),
                                train_split='train', eval_split='test', image_size=16,
                                use_blur=False)
-  reference_config = config_lib.replace(
-      train_fixtures.tiny_config(str(tmp_path / 'reference'), train_steps=4,
-                                 checkpoint_steps=1, steps_per_loop=1, seed=7),
-      data=dataclasses.asdict(data))
-  train_lib.train(reference_config, strategy, verbose=False)
-  resumed_dir = tmp_path / 'resumed'
-  resumed_dir.mkdir()
-  for path in glob.glob(str(tmp_path / 'reference' / 'ckpt-[12].*')):
-    shutil.copy(path, resumed_dir)
-  tf.compat.v1.train.update_checkpoint_state(str(resumed_dir), str(resumed_dir / 'ckpt-2'))
-  # The next batches differ from the first ones (the position is restored, not reset).
-  train_lib.train(config_lib.replace(reference_config, train={'model_dir': str(resumed_dir)}),
-                  strategy, verbose=False)
-  expected = helpers.checkpoint_tensors(str(tmp_path / 'reference' / 'ckpt-4'))
-  actual = helpers.checkpoint_tensors(str(resumed_dir / 'ckpt-4'))
-  assert expected.keys() == actual.keys() and len(expected) > 100
-  different = [key for key in expected if not np.array_equal(expected[key], actual[key])]
-  assert not different, f'{len(different)} tensors differ, e.g. {different[:3]}'
+  helpers.train_crash_and_resume(
+      config_lib.replace(train_fixtures.tiny_config('', seed=7),
+                         data=dataclasses.asdict(data)), tmp_path)
 
 
 @pytest.mark.slow

@@ -4,14 +4,26 @@ The data are pre-augmented: the same global batches in the same order whatever t
 number of replicas, so single-device and multi-replica runs can be compared exactly.
 Replica r of R gets rows r*b..(r+1)*b-1 of each global batch (b = B / R) of both
 views, stacked view 1 then view 2 as the data module does.
+
+Also the runner of the multi-replica comparisons' subprocesses (logical CPU devices
+and MultiWorkerMirroredStrategy must be set up before any TF op, so each run is a
+fresh process): `train_fixed_batches` for the scripts, `run_together` and
+`worker_jobs` for the tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tf_simclr import config as config_lib
@@ -108,3 +120,82 @@ def eval_input_fn(num_examples: int, global_batch_size: int, image_size: int,
 def weights_of(model: Any) -> dict[str, np.ndarray]:
   """{variable path: value} of all model weights."""
   return {variable.path: np.asarray(variable.numpy()) for variable in model.weights}
+
+
+# ---------------------------------------------------------------------------
+# The multi-replica comparisons (tests/test_distributed_train.py, tests/test_jit.py).
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_STEPS = 3
+GLOBAL_BATCH = 8
+IMAGE_SIZE = 16
+Jobs = dict[str, tuple[list[str], dict[str, str]]]
+
+
+def train_fixed_batches(strategy: tf.distribute.Strategy, model_dir: str,
+                        **train_fields: Any) -> dict[str, np.ndarray]:
+  """Trains `tiny_config` NUM_STEPS steps on fixed global batches under `strategy`;
+  returns the final checkpoint's model and optimizer tensors."""
+  from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = tiny_config(model_dir, train_steps=NUM_STEPS, checkpoint_steps=NUM_STEPS,
+                       train_batch_size=GLOBAL_BATCH, **train_fields)
+  batches = global_batches(NUM_STEPS, GLOBAL_BATCH, IMAGE_SIZE)
+  result = train_lib.train(config, strategy, input_fn=make_input_fn(batches),
+                           data_sizes=Sizes(GLOBAL_BATCH * NUM_STEPS, 8), verbose=False)
+  assert result['global_step'] == NUM_STEPS, result
+  return checkpoint_weights(os.path.join(model_dir, f'ckpt-{NUM_STEPS}'))
+
+
+def checkpoint_weights(checkpoint_path: str) -> dict[str, np.ndarray]:
+  """Model and optimizer tensors of a checkpoint (input state and counters left out)."""
+  reader = tf.train.load_checkpoint(checkpoint_path)
+  return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
+          if not key.startswith(('input_iterators', 'save_counter', '_CHECKPOINTABLE'))}
+
+
+def free_ports(count: int) -> list[int]:
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for sock in sockets:
+      sock.bind(('127.0.0.1', 0))
+    return [sock.getsockname()[1] for sock in sockets]
+  finally:
+    for sock in sockets:
+      sock.close()
+
+
+def worker_jobs(args: list[str], count: int = 2) -> Jobs:
+  """`count` MultiWorkerMirroredStrategy workers on 127.0.0.1, each run with `args`."""
+  cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(count)]}
+  return {f'worker{index}': (args, {
+      'TF_CONFIG': json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': index}})
+  }) for index in range(count)}
+
+
+def run_together(script: str, jobs: Jobs, out_dir: pathlib.Path, timeout: float) -> None:
+  """Starts `python script ARGS` of every job at once (logs in out_dir/<name>.log),
+  waits at most `timeout` s for each, kills leftovers; fails with the log tail of a
+  job that did not exit 0."""
+  processes = {}
+  try:
+    for name, (args, env_updates) in jobs.items():
+      env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **env_updates)
+      if 'TF_CONFIG' not in env_updates:
+        env.pop('TF_CONFIG', None)
+      log = open(out_dir / f'{name}.log', 'w')
+      processes[name] = (subprocess.Popen([sys.executable, script, *args], cwd=REPO_ROOT,
+                                          env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    for name, (process, _) in processes.items():
+      try:
+        code = process.wait(timeout=timeout)
+      except subprocess.TimeoutExpired:
+        code = 'timeout'
+      if code != 0:
+        pytest.fail(f'{name} exited with {code}:\n'
+                    + (out_dir / f'{name}.log').read_text()[-3000:])
+  finally:
+    for process, log in processes.values():
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+      log.close()
