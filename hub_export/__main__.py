@@ -81,6 +81,7 @@ def export_run(model_dir: Optional[str],
   import flags as run_flags  # pylint: disable=g-import-not-at-top
   from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
+  from tf_simclr import run_dir  # pylint: disable=g-import-not-at-top
   from tf_simclr.models import build_model  # pylint: disable=g-import-not-at-top
 
   from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
@@ -99,7 +100,7 @@ def export_run(model_dir: Optional[str],
   if not tf.io.gfile.isdir(model_dir):
     raise FileNotFoundError(f'--model_dir={model_dir} does not exist; pass the directory '
                             'of a training run.')
-  config = run_flags.config_from_flags_json(os.path.join(model_dir, 'flags.json'))
+  config = run_flags.config_from_flags_json(run_dir.flags_json_path(model_dir))
   if tf.io.gfile.exists(export_dir):
     if not overwrite:
       raise FileExistsError(f'--export_dir={export_dir} already exists; pass --overwrite '

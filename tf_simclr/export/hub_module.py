@@ -49,6 +49,7 @@ import keras
 
 import tensorflow as tf
 
+from tf_simclr import run_dir
 from tf_simclr.export import model_card
 from tf_simclr.models import resnet
 from tf_simclr.optim import variable_path
@@ -425,17 +426,15 @@ def export_during_training(model: Any,
   Returns:
     The export directory (None on non-chief workers).
   """
-  saved_model_root = os.path.join(model_dir, 'saved_model')
+  saved_model_root = os.path.join(model_dir, run_dir.SAVED_MODEL_DIRNAME)
   if not is_chief:
     scratch = _temp_path(os.path.join(saved_model_root, f'worker-{step}'))
     export_encoder(model, scratch, image_size=image_size, weight_decay=weight_decay)
     tf.io.gfile.rmtree(scratch)
     return None
   tf.io.gfile.makedirs(saved_model_root)
-  for name in tf.io.gfile.listdir(saved_model_root):
-    if re.match(r'\.\d+' + re.escape(_TEMP_MARKER), name):  # .<step>.tmp-...
-      tf.io.gfile.rmtree(os.path.join(saved_model_root, name.rstrip('/')))
-  export_dir = export_encoder(model, os.path.join(saved_model_root, str(step)),
+  run_dir.remove_export_temporaries(model_dir)  # .<step>.tmp-... of killed exports.
+  export_dir = export_encoder(model, run_dir.export_dir(model_dir, step),
                               image_size=image_size, overwrite=True,
                               weight_decay=weight_decay,
                               card_context={'model_dir': model_dir, 'step': step,
@@ -448,5 +447,5 @@ def export_during_training(model: Any,
 
 def latest_export(model_dir: str) -> Optional[str]:
   """The newest `model_dir/saved_model/<step>` directory, or None."""
-  steps = _step_dirs(os.path.join(model_dir, 'saved_model'))
-  return os.path.join(model_dir, 'saved_model', str(steps[-1])) if steps else None
+  steps = _step_dirs(os.path.join(model_dir, run_dir.SAVED_MODEL_DIRNAME))
+  return run_dir.export_dir(model_dir, steps[-1]) if steps else None

@@ -23,6 +23,8 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
+from tf_simclr import run_dir
+
 README = 'README.md'
 CARD_JSON = 'model_card.json'
 KAGGLE_JSON = 'model-instance-metadata.json'
@@ -71,13 +73,8 @@ def training_command(flags: dict[str, Any]) -> str:
 
 def _read_results(model_dir: Optional[str]) -> Optional[dict[str, Any]]:
   """Eval results of `model_dir/result.json` (numbers and step), or None."""
-  if not model_dir:
-    return None
-  path = os.path.join(model_dir, 'result.json')
-  try:
-    with tf.io.gfile.GFile(path) as result_file:
-      result = json.load(result_file)
-  except (tf.errors.NotFoundError, ValueError):
+  result = run_dir.read_result(model_dir) if model_dir else None
+  if result is None:
     return None
   return {key: value for key, value in result.items()
           if key.startswith('eval/') or key in ('global_step', 'num_examples', 'linear_eval')}
