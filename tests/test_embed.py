@@ -170,6 +170,14 @@ def test_embed_bad_input_is_one_line_exit_2(run_and_export, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_labels_flag_also_has_the_run_py_spelling():
+  common = ['--export_dir=EXPORT', '--images=IMAGES', '--out=OUT']
+  parse = embed._parse_args  # pylint: disable=protected-access
+  assert parse(common).labels == 'auto'
+  assert parse(common + ['--labels=none']).labels == 'none'
+  assert parse(common + ['--image_folder_labels=folders']).labels == 'folders'
+
+
 @pytest.mark.slow  # ~60 s idle: features of 128 images, fine-tuning on 32.
 def test_keras3_example_runs_on_fashion_mnist(run_and_export):
   import pathlib

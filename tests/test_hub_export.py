@@ -9,6 +9,7 @@ mode, same batch, 1e-5), including the gradient and the BN moving-average update
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -82,9 +83,10 @@ def export(tmp_path_factory):
   other_size_images = rng.uniform(0, 1, (2, 40, 24, 3)).astype('float32')
   labels = np.arange(BATCH) % NUM_CLASSES
   projection = rng.normal(size=(BATCH, 512)).astype('float32')
+  uint8_images = rng.integers(0, 256, (BATCH, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
   inputs = root / 'inputs.npz'
   np.savez(inputs, images=images, labels=labels, projection=projection,
-           other_size_images=other_size_images)
+           other_size_images=other_size_images, uint8_images=uint8_images)
 
   export_dir = str(root / 'export')
   started = time.time()
@@ -107,6 +109,9 @@ def export(tmp_path_factory):
   reference = {
       'inference': _numpy_dict(run(images, False)),
       'other_size': np.asarray(run(other_size_images, False)['final_avg_pool']),
+      # uint8 pixels / 255, in NumPy: what the export must compute from uint8 input.
+      'uint8': np.asarray(run((uint8_images / np.float64(255)).astype('float32'),
+                              False)['final_avg_pool']),
       'regularization_losses': np.array([
           WEIGHT_DECAY * 0.5 * np.sum(np.asarray(v, np.float64)**2)
           for v in encoder_variables
@@ -146,6 +151,27 @@ def _assert_endpoints(outputs: dict, prefix: str, expected: dict,
   assert names == sorted(expected), f'{prefix}: {names}'
   for name in names:
     _assert_close(outputs[f'{prefix}/{name}'], expected[name], f'{prefix}/{name}', tolerance)
+
+
+# What each wrong input (tests/hub_consumers.bad_inputs, from the BATCH x 32 x 32 x 3
+# float images in [0, 1)) must raise, from every consumer and callable.
+BAD_INPUT_ERRORS = {
+    'one_channel': r'InvalidArgumentError: .*The SimCLR encoder takes images of shape '
+                   r'\[batch, height, width, 3\].*got shape\] \[4 32 32 1\].*values in \[0, 1\]',
+    'four_channels': r'InvalidArgumentError: .*takes images of shape .*got shape\] \[4 32 32 4\]',
+    'pixels_0_255': r'InvalidArgumentError: .*takes float32 RGB values in \[0, 1\]; got values '
+                    r'from\] \[[0-9.e-]+\] \[to\] \[25\d[.\d]*\].*For 0-255 pixels divide by 255',
+    'mean_std': r'InvalidArgumentError: .*got values from\] \[-[12][.\d]*\] \[to\] \[2[.\d]*\]'
+                r'.*do not subtract a mean',
+}
+
+
+def _assert_bad_input_errors(out: dict, callables: tuple[str, ...]) -> None:
+  """Every consumer callable raised the export's message for every wrong input."""
+  for case, pattern in BAD_INPUT_ERRORS.items():
+    for name in callables:
+      message = str(out[f'bad/{case}/{name}'])
+      assert re.search(pattern, message, re.DOTALL), f'{case} via {name}: {message[:2000]}'
 
 
 def test_export_layout(export):
@@ -190,6 +216,9 @@ def test_hub_keras_layer_in_tf_keras(export):
   changed_names = out['finetune/non_trainable_names'][out['finetune/non_trainable_changed']]
   assert len(changed_names) == 2 * 21
   assert all('moving' in str(name) for name in changed_names), changed_names
+  _assert_close(out['uint8/feature'], reference['uint8'], 'uint8 feature')
+  _assert_bad_input_errors(out, ('feature', 'signature'))
+  assert re.search(BAD_INPUT_ERRORS['pixels_0_255'], str(out['bad/pixels_0_255/fit']), re.S)
 
 
 def test_keras3_tfsm_layer(export):
@@ -204,6 +233,9 @@ def test_keras3_tfsm_layer(export):
   assert out['finetune/non_trainable_changed'].sum() >= 2 * 21
   assert not np.allclose(out['finetune/serve_after'],
                          reference['inference']['final_avg_pool'], atol=1e-3)
+  _assert_close(out['uint8/feature'], reference['uint8'], 'uint8 feature')
+  _assert_bad_input_errors(out, ('serve',))
+  assert re.search(BAD_INPUT_ERRORS['pixels_0_255'], str(out['bad/pixels_0_255/fit']), re.S)
 
 
 def test_plain_saved_model_load(export):
@@ -226,6 +258,16 @@ def test_plain_saved_model_load(export):
     scale = max(1.0, float(np.abs(gradient).max()))
     np.testing.assert_allclose(out[f'gradient/{index}'], gradient, rtol=1e-4,
                                atol=1e-5 * scale, err_msg=f'gradient {index}')
+  _assert_close(out['uint8/feature'], reference['uint8'], 'uint8 feature')
+  _assert_close(out['uint8/serve'], reference['uint8'], 'uint8 serve')
+  _assert_close(out['float64/feature'], inference['final_avg_pool'], 'float64 feature')
+  # The serving signature is one float32 function (TF Serving's contract): TF's own
+  # dtype error, which names the expected dtype.
+  assert 'expected to be a float tensor but is a uint8 tensor' in str(out['uint8/signature'])
+  _assert_bad_input_errors(out, ('feature', 'dict', 'serve', 'train_call', 'signature'))
+  # Other ranks: TF's own error (no function takes them), as before the checks.
+  assert 'Could not find matching concrete function' in str(out['no_batch_axis/feature'])
+  assert str(out['input_contract']) == export_lib.INPUT_CONTRACT
 
 
 @pytest.mark.slow  # ~25 s; the README example, run as written.

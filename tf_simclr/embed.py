@@ -367,8 +367,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
   parser.add_argument('--batch_size', type=int, default=64)
   parser.add_argument('--image_size', type=int, default=0,
                       help='Resize to this side (default: the training image size).')
-  parser.add_argument('--labels', default='auto', choices=datasets_labels(),
-                      help='--images folder: class subfolders (folders), none, or auto.')
+  parser.add_argument('--labels', '--image_folder_labels', dest='labels', default='auto',
+                      choices=datasets_labels(),
+                      help='--images folder: class subfolders (folders), none, or auto '
+                      '(--image_folder_labels as in run.py).')
   parser.add_argument('--checkpoint', default='latest',
                       help='With --model_dir: "latest" or a checkpoint prefix.')
   parser.add_argument('--thumbnail_size', type=int, default=32,

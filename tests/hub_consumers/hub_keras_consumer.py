@@ -14,6 +14,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
+from tests import hub_consumers
+
 
 def main() -> None:
   parser = argparse.ArgumentParser()
@@ -29,6 +31,8 @@ def main() -> None:
   # One loaded object shared by several layers: inference first, then one training call.
   loaded = hub.load(args.export_dir)
   out['feature_inference'] = hub.KerasLayer(loaded, trainable=True)(images, training=False)
+  # uint8 pixels are divided by 255 in the export (before any training call moves BN).
+  out['uint8/feature'] = hub.KerasLayer(loaded)(data['uint8_images'])
   as_dict = hub.KerasLayer(loaded, arguments={'as_dict': True})(images)
   for name, value in as_dict.items():
     out[f'dict_inference/{name}'] = value
@@ -45,6 +49,11 @@ def main() -> None:
   for index, variable in enumerate(loaded.variables):  # BN moving averages updated once.
     out[f'variables_after_training_call/{index}'] = variable.numpy()
   out['feature_training'] = hub.KerasLayer(loaded, trainable=True)(images, training=True)
+  # Wrong inputs get the export's message.
+  for case, bad in hub_consumers.bad_inputs(images).items():
+    out[f'bad/{case}/feature'] = hub_consumers.error_of(hub.KerasLayer(loaded), bad)
+    out[f'bad/{case}/signature'] = hub_consumers.error_of(
+        hub.KerasLayer(loaded, signature='serving_default', signature_outputs_as_dict=True), bad)
 
   # Fine-tuning from the path, with no extra arguments.
   encoder = hub.KerasLayer(args.export_dir, trainable=True)
@@ -65,6 +74,9 @@ def main() -> None:
       [c for c, t in zip(changed, is_trainable) if not t])
   out['finetune/non_trainable_names'] = np.array(
       [w.name for w, t in zip(encoder.weights, is_trainable) if not t])
+  out['bad/pixels_0_255/fit'] = hub_consumers.error_of(
+      lambda bad: classifier.fit(bad, labels, batch_size=len(images), verbose=0),
+      hub_consumers.bad_inputs(images)['pixels_0_255'])
   np.savez(args.output, **{k: np.asarray(v) for k, v in out.items()})
 
 

@@ -8,6 +8,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from tests import hub_consumers
+
 
 class Classifier(keras.Model):
   """The export's feature vector under a new Dense head."""
@@ -35,8 +37,13 @@ def main() -> None:
                                  call_training_endpoint='train_call')
   for name, value in layer(images).items():
     out[f'dict_inference/{name}'] = value
+  # uint8 pixels are divided by 255 in the export (before a training call moves BN).
+  out['uint8/feature'] = layer(data['uint8_images'])['final_avg_pool']
   for name, value in layer(images, training=True).items():
     out[f'dict_training/{name}'] = value
+  # Wrong inputs get the export's message.
+  for case, bad in hub_consumers.bad_inputs(images).items():
+    out[f'bad/{case}/serve'] = hub_consumers.error_of(layer, bad)
 
   classifier = Classifier(args.export_dir, int(labels.max()) + 1)
   classifier(images)
@@ -52,6 +59,9 @@ def main() -> None:
       [c for c, w in zip(changed, encoder_weights) if not w.trainable])
   # The fine-tuned weights drive the endpoint (they are the SavedModel's variables).
   out['finetune/serve_after'] = classifier.encoder(images)['final_avg_pool']
+  out['bad/pixels_0_255/fit'] = hub_consumers.error_of(
+      lambda bad: classifier.fit(bad, labels, batch_size=len(images), verbose=0),
+      hub_consumers.bad_inputs(images)['pixels_0_255'])
   np.savez(args.output, **{k: np.asarray(v) for k, v in out.items()})
 
 

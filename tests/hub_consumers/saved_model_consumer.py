@@ -8,6 +8,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
+from tests import hub_consumers
+
 
 def main() -> None:
   parser = argparse.ArgumentParser()
@@ -20,6 +22,7 @@ def main() -> None:
   loaded = tf.saved_model.load(args.export_dir)
   out = {'feature_inference': loaded(images),
          'image_size': loaded.image_size,
+         'input_contract': loaded.input_contract.numpy().decode(),
          'regularization_losses': np.array([float(f()) for f in loaded.regularization_losses]),
          'num_variables': len(loaded.variables),
          'num_trainable_variables': len(loaded.trainable_variables),
@@ -29,6 +32,12 @@ def main() -> None:
                           ('signature', loaded.signatures['serving_default'](images=images))):
     for name, value in outputs.items():
       out[f'{prefix}/{name}'] = value
+  # uint8 pixels are divided by 255 in the export, float64 is cast (before a training
+  # call moves BN).
+  uint8_images = data['uint8_images']
+  out['uint8/feature'] = loaded(uint8_images)
+  out['uint8/serve'] = loaded.serve(uint8_images)['final_avg_pool']
+  out['float64/feature'] = loaded(images.astype(np.float64))
   # Gradient of a fixed projection of the training-mode features.
   with tf.GradientTape() as tape:
     features = loaded(images, training=True)
@@ -38,6 +47,17 @@ def main() -> None:
     out[f'gradient/{index}'] = gradient
   for name, value in loaded.train_call(images).items():
     out[f'train_call/{name}'] = value
+  # Wrong inputs get the export's message from every callable.
+  signature = loaded.signatures['serving_default']
+  out['uint8/signature'] = hub_consumers.error_of(
+      lambda x: signature(images=tf.constant(x)), uint8_images)
+  callables = {'feature': loaded, 'dict': lambda x: loaded(x, as_dict=True),
+               'serve': loaded.serve, 'train_call': loaded.train_call,
+               'signature': lambda x: signature(images=tf.constant(x))}
+  for case, bad in hub_consumers.bad_inputs(images).items():
+    for name, function in callables.items():
+      out[f'bad/{case}/{name}'] = hub_consumers.error_of(function, bad)
+  out['no_batch_axis/feature'] = hub_consumers.error_of(loaded, images[0])
   np.savez(args.output, **{k: np.asarray(v) for k, v in out.items()})
 
 

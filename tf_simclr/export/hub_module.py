@@ -29,7 +29,16 @@ take a `variables` attribute) with:
   `regularization_losses` (zero-argument functions, `weight_decay * sum(w**2) / 2` per
   trainable encoder kernel; none when `weight_decay` is 0).
 * `image_size`: an int32 variable, the training image size (0 if unknown).
+* `input_contract`: a string variable, `INPUT_CONTRACT` (what the callables take).
 * the `serving_default` signature: `serve` with the input named `images`.
+
+Every callable checks its input (`checked_images`): uint8 images are taken as 0-255
+pixels and divided by 255, float64 / float16 ones are cast to float32; images with
+other than 3 channels or with values outside [0, 1] (beyond a slack of 0.5, so 0-255
+floats or mean/std-normalized images) raise InvalidArgumentError saying what the
+encoder takes and what it got. Other dtypes and ranks find no matching function.
+Under XLA (`jit_compile=True`) TensorFlow drops the assertions: a wrong channel count
+still fails (in XLA's convolution), a wrong range does not.
 
 The export is written to a temporary directory next to `export_dir` and renamed into
 place, so a reader never sees a half-written export.
@@ -60,6 +69,18 @@ FEATURE_VECTOR_KEY = 'final_avg_pool'
 # The encoder's endpoints, then those of the SimCLRModel heads.
 ENDPOINT_NAMES = resnet.ENDPOINT_NAMES + ('ft_hidden', 'proj_head_output', 'logits_sup')
 SERVING_SIGNATURE = 'serving_default'
+# What every exported callable takes (also in the model card and the `input_contract`
+# variable of the export).
+INPUT_CONTRACT = ('images: float32 [batch, height, width, 3], RGB, values in [0, 1] '
+                  '(uint8 pixels are divided by 255 inside; 0-255 floats are an error); '
+                  'any height and width, best at the training image size')
+# The input of the serving signature.
+IMAGE_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
+# Input dtypes the exported callables accept: uint8 is divided by 255, the floats cast.
+INPUT_DTYPES = (tf.float32, tf.uint8, tf.float64, tf.float16)
+# Values this far outside [0, 1] are an error (0-255 pixels, mean/std-normalized
+# images); augmentation noise or interpolation overshoot stays within it.
+_RANGE_SLACK = 0.5
 # Variables whose path contains one of these get no L2 regularization loss.
 _NO_WEIGHT_DECAY = ('batch_normalization', 'bias')
 _TEMP_MARKER = '.tmp-'
@@ -148,6 +169,54 @@ def _encoder_of(model: Any) -> Any:
   return encoder if callable(encoder) and hasattr(encoder, 'trainable_variables') else model
 
 
+def checked_images(images: tf.Tensor) -> tf.Tensor:
+  """`images` as the encoder takes them, checked when the graph runs.
+
+  Args:
+    images: [batch, height, width, 3] RGB: float in [0, 1] (cast to float32) or uint8
+      in [0, 255] (divided by 255).
+
+  Returns:
+    float32 [batch, height, width, 3] (static shape set), after the checks.
+
+  Raises:
+    TypeError: (when traced) a dtype other than float or uint8.
+    tf.errors.InvalidArgumentError: (when run) not rank 4 with 3 channels, or values
+      outside [-0.5, 1.5]: the message says what the encoder takes and what it got.
+      Call it on rank-4 tensors: with oneDNN a convolution fed another rank aborts
+      the process when the function is instantiated, before any check runs.
+  """
+  if images.dtype == tf.uint8:
+    images = tf.cast(images, tf.float32) / 255.0
+  elif images.dtype.is_floating:
+    images = tf.cast(images, tf.float32)
+  else:
+    raise TypeError(f'The SimCLR encoder takes {INPUT_CONTRACT}; got dtype '
+                    f'{images.dtype.name}.')
+  shape = tf.shape(images)
+  shape_ok = tf.logical_and(tf.equal(tf.size(shape), 4),
+                            tf.reduce_all(tf.equal(shape[-1:], 3)))
+  check_shape = tf.debugging.Assert(
+      shape_ok, ['The SimCLR encoder takes images of shape [batch, height, width, 3] '
+                 '(RGB: repeat a 1-channel image 3 times on the last axis; add a batch '
+                 'axis to a single image); got shape', shape,
+                 f'. Expected {INPUT_CONTRACT}.'], summarize=8)
+  with tf.control_dependencies([check_shape]):
+    low, high = tf.reduce_min(images), tf.reduce_max(images)
+  range_ok = tf.logical_and(low >= -_RANGE_SLACK, high <= 1.0 + _RANGE_SLACK)
+  check_range = tf.debugging.Assert(
+      range_ok, ['The SimCLR encoder takes float32 RGB values in [0, 1]; got values from',
+                 low, 'to', high, '. For 0-255 pixels divide by 255 (or pass uint8); do not '
+                 'subtract a mean or divide by a standard deviation.'])
+  with tf.control_dependencies([check_shape, check_range]):
+    # An identity that hides the static shape: a call of the saved function infers the
+    # encoder's shapes from the caller's input, and with a wrong channel count the
+    # first convolution would fail there (a ValueError), before the checks run.
+    images = tf.compat.v1.placeholder_with_default(images, shape=None)
+  images.set_shape([None, None, None, 3])
+  return images
+
+
 def build_hub_module(model: Any,
                      *,
                      image_size: Optional[int] = None,
@@ -164,9 +233,14 @@ def build_hub_module(model: Any,
   Returns:
     The AutoTrackable with `__call__`, `serve`, `train_call`, `variables`,
     `trainable_variables` and `regularization_losses`; save it with
-    `signatures={SERVING_SIGNATURE: module.serve.get_concrete_function()}`.
+    `signatures={SERVING_SIGNATURE: module.serve.get_concrete_function(IMAGE_SPEC)}`.
   """
-  image_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
+  # Any channel count, so that a wrong one reaches `checked_images` (and its message)
+  # rather than TF's "Could not find matching concrete function". Rank 4 only: with
+  # oneDNN, TensorFlow aborts the process when a rank-3 shape reaches a convolution
+  # while it instantiates the function (before any check could run).
+  input_specs = [tf.TensorSpec([None, None, None, None], dtype, name='images')
+                 for dtype in INPUT_DTYPES]
 
   def endpoints(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
     outputs = model(images, training=training)
@@ -193,29 +267,37 @@ def build_hub_module(model: Any,
     """The image feature vector (or, with `as_dict`, the dict of named endpoints).
 
     Args:
-      images: float32 [batch, height, width, 3], RGB, values in [0, 1] (uint8 pixels
-        / 255); any height and width, best at the training size (`image_size`).
+      images: float32 [batch, height, width, 3], RGB, values in [0, 1] (or uint8
+        pixels, divided by 255 here); any height and width, best at the training size
+        (`image_size`). Anything else raises InvalidArgumentError (`checked_images`).
       training: a Python bool; True uses batch statistics and updates BN moving means.
       as_dict: a Python bool; True returns {endpoint name: float32 tensor}.
 
     Returns:
       float32 [batch, features] (`final_avg_pool`), or the endpoint dict.
     """
+    images = checked_images(images)
     if as_dict:
       return endpoints_function(images, training)
     return features_function(images, training)
 
-  @tf.function(input_signature=[image_spec])
+  @tf.function
   def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
     return call(images, training=False, as_dict=True)
 
-  @tf.function(input_signature=[image_spec])
+  @tf.function
   def train_call(images: tf.Tensor) -> dict[str, tf.Tensor]:
     return call(images, training=True, as_dict=True)
 
-  for training in (False, True):
-    for as_dict in (False, True):
-      call.get_concrete_function(image_spec, training=training, as_dict=as_dict)
+  # The signature (first, so it names the contract's shape) and then every accepted
+  # dtype with any channel count.
+  serve.get_concrete_function(IMAGE_SPEC)
+  for spec in input_specs:
+    serve.get_concrete_function(spec)
+    train_call.get_concrete_function(spec)
+    for training in (False, True):
+      for as_dict in (False, True):
+        call.get_concrete_function(spec, training=training, as_dict=as_dict)
 
   # The projection and supervised heads get no gradient from the feature vector: their
   # variables are exported but not trainable here.
@@ -228,6 +310,8 @@ def build_hub_module(model: Any,
   module.trainable_variables = [_tf_variable(v) for v in trainable]
   module.image_size = tf.Variable(image_size or 0, trainable=False, dtype=tf.int32,
                                   name='image_size')
+  module.input_contract = tf.Variable(INPUT_CONTRACT, trainable=False, dtype=tf.string,
+                                      name='input_contract')
   module.regularization_losses = [
       _l2_loss_factory(_tf_variable(v), weight_decay) for v in trainable
       if weight_decay > 0 and not any(part in variable_path(v) for part in _NO_WEIGHT_DECAY)
@@ -288,7 +372,7 @@ def export_encoder(model: Any,
     with _per_replica_batch_norm(model):
       with _tracing_for_save(options):
         module = build_hub_module(model, image_size=image_size, weight_decay=weight_decay)
-        signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function()}
+        signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function(IMAGE_SPEC)}
       with _without_signature_rename_notes():
         tf.saved_model.save(module, temp_dir, signatures=signatures, options=options)
     model_card.write_card(temp_dir, model_card.build_card(

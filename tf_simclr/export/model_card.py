@@ -29,9 +29,6 @@ README = 'README.md'
 CARD_JSON = 'model_card.json'
 KAGGLE_JSON = 'model-instance-metadata.json'
 DEFAULT_LICENSE = 'Apache-2.0'
-INPUT_CONTRACT = ('images: float32 [batch, height, width, 3], RGB, values in [0, 1] '
-                  '(divide uint8 pixels by 255); any height and width, best at the '
-                  'training image size')
 # Architecture fields of SimCLRModel.get_config() shown in the card.
 _ARCHITECTURE_KEYS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'cifar_stem',
                       'batch_norm_decay', 'global_bn', 'proj_head_mode', 'proj_out_dim',
@@ -120,7 +117,7 @@ def build_card(model: Any,
                 'tf.saved_model.load)',
       'input': {'name': 'images', 'dtype': 'float32', 'shape': [None, None, None, 3],
                 'color': 'RGB', 'range': [0.0, 1.0], 'training_image_size': image_size or None,
-                'contract': INPUT_CONTRACT},
+                'contract': hub_module.INPUT_CONTRACT},
       'outputs': {
           'feature_vector': {'call': '__call__(images) / hub.KerasLayer',
                              'endpoint': hub_module.FEATURE_VECTOR_KEY,
