@@ -207,7 +207,8 @@ def _export_classes(loaded: Any, location: str, path: str) -> int:
   if serve is None:
     raise ValueError(f'{FLAG}={path}: {location} is not a tf_simclr hub export (it has no '
                      '`serve` endpoint); pass a checkpoint or one of our exports.')
-  outputs = serve.get_concrete_function().structured_outputs
+  images = tf.TensorSpec([None, None, None, 3], tf.float32)  # Older exports: only this.
+  outputs = serve.get_concrete_function(images).structured_outputs
   if 'logits_sup' not in outputs:
     raise ValueError(f'{FLAG}={path}: the export {location} has no classifier '
                      '(logits_sup); export a fine-tuned model.')
