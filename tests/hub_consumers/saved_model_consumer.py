@@ -32,12 +32,10 @@ def main() -> None:
                           ('signature', loaded.signatures['serving_default'](images=images))):
     for name, value in outputs.items():
       out[f'{prefix}/{name}'] = value
-  # uint8 pixels are divided by 255 in the export, float64 is cast (before a training
-  # call moves BN).
+  # uint8 pixels are divided by 255 in the export (before a training call moves BN).
   uint8_images = data['uint8_images']
   out['uint8/feature'] = loaded(uint8_images)
   out['uint8/serve'] = loaded.serve(uint8_images)['final_avg_pool']
-  out['float64/feature'] = loaded(images.astype(np.float64))
   # Gradient of a fixed projection of the training-mode features.
   with tf.GradientTape() as tape:
     features = loaded(images, training=True)
@@ -58,6 +56,7 @@ def main() -> None:
     for name, function in callables.items():
       out[f'bad/{case}/{name}'] = hub_consumers.error_of(function, bad)
   out['no_batch_axis/feature'] = hub_consumers.error_of(loaded, images[0])
+  out['float64/feature'] = hub_consumers.error_of(loaded, images.astype(np.float64))
   np.savez(args.output, **{k: np.asarray(v) for k, v in out.items()})
 
 
