@@ -32,7 +32,8 @@ def main() -> None:
   loaded = hub.load(args.export_dir)
   out['feature_inference'] = hub.KerasLayer(loaded, trainable=True)(images, training=False)
   # uint8 pixels are divided by 255 in the export (before any training call moves BN).
-  out['uint8/feature'] = hub.KerasLayer(loaded)(data['uint8_images'])
+  if 'uint8_images' in data:
+    out['uint8/feature'] = hub.KerasLayer(loaded)(data['uint8_images'])
   as_dict = hub.KerasLayer(loaded, arguments={'as_dict': True})(images)
   for name, value in as_dict.items():
     out[f'dict_inference/{name}'] = value
