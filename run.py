@@ -97,6 +97,7 @@ def main(argv: list[str]) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
   from tf_simclr import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 
   from tf_simclr import official_import  # pylint: disable=g-import-not-at-top
@@ -160,7 +161,7 @@ def main(argv: list[str]) -> None:
       config = official_import.config_for_architecture(
           config, architecture, simclr_flags.explicit_flag_names(), config.train.checkpoint)
       config_lib.validate_model(config.model)  # Its structure, e.g. with --ft_proj_selector.
-    data_sizes = train_lib.dataset_info(config)
+    data_sizes = data_lib.dataset_info(config)
     if not data_sizes.labelled:  # Pretraining only: what needs labels is off or refused.
       from tf_simclr import unlabelled  # pylint: disable=g-import-not-at-top
       config, note = unlabelled.config_for_unlabelled(

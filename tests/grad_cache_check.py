@@ -37,6 +37,7 @@ def main() -> None:
   from tests import train_fixtures  # pylint: disable=g-import-not-at-top
   from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
   from tf_simclr import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from tf_simclr import models  # pylint: disable=g-import-not-at-top
   from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 
   class GradientRecorder(keras.optimizers.Optimizer):
@@ -58,7 +59,7 @@ def main() -> None:
 
   batch = train_fixtures.global_batches(1, GLOBAL_BATCH, IMAGE_SIZE)[0]
   keras.utils.set_random_seed(0)
-  initial_weights = train_lib.build_model_for(config_for(0), train_fixtures.NUM_CLASSES
+  initial_weights = models.build_model_for(config_for(0), train_fixtures.NUM_CLASSES
                                               ).get_weights()
   pretrain = train_mode == 'pretrain'
 
@@ -68,7 +69,7 @@ def main() -> None:
     strategy = tf.distribute.MirroredStrategy(
         [f'/cpu:{index}' for index in range(num_replicas)])
     with strategy.scope():
-      model = train_lib.build_model_for(config, train_fixtures.NUM_CLASSES)
+      model = models.build_model_for(config, train_fixtures.NUM_CLASSES)
       model.set_weights(initial_weights)
       optimizer = GradientRecorder()
       optimizer.build(model.trainable_variables)

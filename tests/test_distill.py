@@ -25,9 +25,9 @@ from tests.test_losses import numpy_distillation
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
 from tf_simclr import distill
+from tf_simclr import models
 from tf_simclr import optim
 from tf_simclr import run_dir
-from tf_simclr import train as train_lib
 from tf_simclr.models import build_model
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_teacher_is_frozen_in_inference_mode_and_the_step_loss_matches_numpy(tmp
   reference = restored_teacher(teacher_config, teacher_dir)
   keras.utils.set_random_seed(3)
   with strategy.scope():
-    student = train_lib.build_model_for(config, train_fixtures.NUM_CLASSES)
+    student = models.build_model_for(config, train_fixtures.NUM_CLASSES)
     optimizer = optim.build_optimizer(config.optim, 0.5)
     optimizer.build(student.trainable_variables)
   rng = np.random.default_rng(0)

@@ -170,6 +170,20 @@ def test_file_system_errors_are_one_line_naming_the_cause(tmp_path):
       'run again.')
 
 
+def _assert_one_line_exit_1(code: int, log: str, model_dir, prefix: str,
+                            suffix: str) -> str:
+  """Checks exit 1, no traceback, one error line `prefix ... the last checkpoint C suffix`
+  with C the newest complete checkpoint (before step 5); returns C."""
+  assert code == 1, log[-3000:]
+  assert 'Traceback' not in log, log[-3000:]
+  lines = _error_lines(log)
+  latest = checkpoints.latest_complete_checkpoint(str(model_dir))
+  assert latest is not None and checkpoints.checkpoint_step(latest) < 5
+  assert len(lines) == 1 and lines[0].startswith(prefix), lines
+  assert lines[0].endswith(f'the last checkpoint {latest} {suffix}'), lines
+  return latest
+
+
 @pytest.mark.slow
 def test_disk_full_during_training_is_one_line_exit_1_and_resumes(image_folder, tmp_path):
   """The disk fills up while checkpoints are written: one `error: disk full ...` line,
@@ -186,17 +200,10 @@ def test_disk_full_during_training_is_one_line_exit_1_and_resumes(image_folder, 
 
     log_path = tmp_path / 'full.log'
     code = _run_until_first_checkpoint_then(command, model_dir, log_path, fill_the_disk)
-    log = log_path.read_text()
-    assert code == 1, log[-3000:]
-    assert 'Traceback' not in log, log[-3000:]
-    lines = _error_lines(log)
-    latest = checkpoints.latest_complete_checkpoint(str(model_dir))
-    assert latest is not None and checkpoints.checkpoint_step(latest) < 5
-    assert len(lines) == 1 and lines[0].startswith(
-        f'error: disk full in --model_dir={model_dir} ('), lines
-    assert lines[0].endswith(f'the last checkpoint {latest} is kept: free disk space (or '
-                             'pass another --model_dir) and run the same command to '
-                             'resume.'), lines
+    latest = _assert_one_line_exit_1(
+        code, log_path.read_text(), model_dir, f'error: disk full in --model_dir={model_dir} (',
+        'is kept: free disk space (or pass another --model_dir) and run the same command to '
+        'resume.')
     # The checkpoint state file names that complete checkpoint; no partial save is left.
     assert tf.train.get_checkpoint_state(str(model_dir)).model_checkpoint_path == latest
     assert not glob.glob(str(model_dir / '*_temp*'))
@@ -226,16 +233,10 @@ def test_model_dir_made_read_only_during_training_is_one_line_exit_1(image_folde
     try:
       log_path = tmp_path / 'read_only.log'
       code = _run_until_first_checkpoint_then(command, model_dir, log_path, make_read_only)
-      log = log_path.read_text()
-      assert code == 1, log[-3000:]
-      assert 'Traceback' not in log, log[-3000:]
-      lines = _error_lines(log)
-      latest = checkpoints.latest_complete_checkpoint(str(model_dir))
-      assert latest is not None and checkpoints.checkpoint_step(latest) < 5
-      assert len(lines) == 1 and lines[0].startswith(
-          f'error: read-only file system in --model_dir={model_dir} ('), lines
-      assert lines[0].endswith(f'the last checkpoint {latest} is kept: make --model_dir '
-                               'writable and run the same command to resume.'), lines
+      latest = _assert_one_line_exit_1(
+          code, log_path.read_text(), model_dir,
+          f'error: read-only file system in --model_dir={model_dir} (',
+          'is kept: make --model_dir writable and run the same command to resume.')
     finally:
       for mount_point in bound:
         _unmount(mount_point)

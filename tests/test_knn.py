@@ -24,6 +24,7 @@ from tf_simclr import config as config_lib
 from tf_simclr import evaluate as evaluate_lib
 from tf_simclr import knn
 from tf_simclr import linear_probe
+from tf_simclr import models
 from tf_simclr import train as train_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -115,11 +116,11 @@ import tensorflow as tf
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices('CPU')[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 from tests import train_fixtures
-from tf_simclr import knn, train as train_lib
+from tf_simclr import knn, models
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
 config = train_fixtures.tiny_config('/tmp/unused')
 with strategy.scope():
-  model = train_lib.build_model_for(config, 10)
+  model = models.build_model_for(config, 10)
 input_fn, images, labels = train_fixtures.eval_input_fn(21, 8, 16)
 features, found_labels = knn.extract_features(
     knn.encoder_feature_fn(model), strategy, input_fn, global_batch_size=8)
@@ -244,7 +245,7 @@ def test_knn_flags_are_checked():
 def test_hub_feature_fn_equals_the_encoder(tmp_path):
   from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
   config = train_fixtures.tiny_config(str(tmp_path / 'run'))
-  model = train_lib.build_model_for(config, 10)
+  model = models.build_model_for(config, 10)
   export_dir = export_lib.export_encoder(model, str(tmp_path / 'hub'), image_size=16,
                                          overwrite=True)
   images = tf.constant(np.random.default_rng(0).uniform(size=(3, 16, 16, 3)), tf.float32)

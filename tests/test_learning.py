@@ -17,6 +17,7 @@ from tests import train_fixtures
 from tf_simclr import config as config_lib
 from tf_simclr import knn
 from tf_simclr import linear_probe
+from tf_simclr import models
 from tf_simclr import train as train_lib
 
 
@@ -46,7 +47,7 @@ def test_linear_eval_finetune_trains_only_the_head(tmp_path):
                            data_sizes=sizes, verbose=False)
   assert result['global_step'] == 3
   with strategy.scope():
-    model = train_lib.build_model_for(finetune_config, 10)
+    model = models.build_model_for(finetune_config, 10)
   tf.train.Checkpoint(model=model).restore(
       tf.train.latest_checkpoint(finetune_dir)).expect_partial()
   after = _encoder_weights(model)

@@ -49,7 +49,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: pathlib.Path):
 
 def test_the_real_model_follows_this_cpu(capfd):
   """The model that training builds: bf16 layers only where the CPU has native bf16."""
-  from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
+  from tf_simclr import models  # pylint: disable=g-import-not-at-top
   config = config_lib.Config(
       model=config_lib.ModelConfig(resnet_depth=18, proj_out_dim=8),
       data=config_lib.DataConfig(image_size=8),
@@ -57,9 +57,9 @@ def test_the_real_model_follows_this_cpu(capfd):
                                    train_steps=1))
   native = precision.cpu_has_native_bfloat16(precision.read_cpu_flags() or ())
   kept = native or precision.accelerator_present()
-  model = train_lib.build_model_for(config, 10)
+  model = models.build_model_for(config, 10)
   assert model.encoder.compute_dtype == ('bfloat16' if kept else 'float32')
   assert ('no native bf16' in capfd.readouterr().err) == (not kept)
-  forced = train_lib.build_model_for(
+  forced = models.build_model_for(
       config_lib.replace(config, train={'force_bfloat16': True}), 10)
   assert forced.encoder.compute_dtype == 'bfloat16'

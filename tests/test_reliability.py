@@ -25,6 +25,7 @@ from tests import reliability_helpers as helpers
 from tests import train_fixtures
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
+from tf_simclr import data as data_lib
 from tf_simclr import evaluate as evaluate_lib
 from tf_simclr import run_dir
 from tf_simclr import train as train_lib
@@ -458,19 +459,19 @@ def test_empty_or_unused_splits(tmp_path):
                                train_split='train', eval_split='test', image_size=8)
   config = config_lib.replace(train_fixtures.tiny_config(str(tmp_path / 'run')),
                               data=dataclasses.asdict(data))
-  assert train_lib.dataset_info(config).num_train_examples == 4
+  assert data_lib.dataset_info(config).num_train_examples == 4
   with pytest.raises(ValueError, match=r'--train_split=train\[:0\] selects no examples'):
-    train_lib.dataset_info(config_lib.replace(config, data={'train_split': 'train[:0]'}))
+    data_lib.dataset_info(config_lib.replace(config, data={'train_split': 'train[:0]'}))
   evaluating = config_lib.replace(config, train={'mode': 'train_then_eval'},
                                   data={'eval_split': 'test[:0]'})
   with pytest.raises(ValueError, match=r'--eval_split=test\[:0\] selects no examples'):
-    train_lib.dataset_info(evaluating)
+    data_lib.dataset_info(evaluating)
   # --mode=train never reads the eval split: the default 'validation' need not exist.
   training = config_lib.replace(config, train={'mode': 'train'},
                                 data={'eval_split': 'validation'})
-  assert train_lib.dataset_info(training).num_eval_examples == 0
+  assert data_lib.dataset_info(training).num_eval_examples == 0
   with pytest.raises(ValueError, match="has no split 'validation'"):
-    train_lib.dataset_info(config_lib.replace(training, train={'mode': 'train_then_eval'}))
+    data_lib.dataset_info(config_lib.replace(training, train={'mode': 'train_then_eval'}))
 
 
 def test_unusable_model_dir_is_one_line(tmp_path, capsys):

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from tests import train_fixtures
 from tf_simclr import config as config_lib
+from tf_simclr import models
 from tf_simclr import optim
 from tf_simclr import tpu_shape
 from tf_simclr import train as train_lib
@@ -29,7 +30,7 @@ LOCAL_BATCH = 4
 def _step_function(config: config_lib.Config, *, print_in_step: bool = False):
   strategy = tf.distribute.get_strategy()
   with strategy.scope():
-    model = train_lib.build_model_for(config, train_fixtures.NUM_CLASSES)
+    model = models.build_model_for(config, train_fixtures.NUM_CLASSES)
     optimizer = optim.build_optimizer(config.optim, 0.1)
     optimizer.build(model.trainable_variables)
   step_fn = train_lib.build_train_step(config, model, optimizer, strategy)

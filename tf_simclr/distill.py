@@ -258,7 +258,7 @@ def load_teacher(config: config_lib.Config, strategy: tf.distribute.Strategy,
     return Teacher(lambda images: serve(images)['logits_sup'], num_classes, location,
                    list(loaded.variables), loaded)
 
-  from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
+  from tf_simclr.models import build_model_for  # pylint: disable=g-import-not-at-top
   if kind == 'official':
     teacher_config, teacher_classes = _official_teacher_config(config, location, num_classes)
   else:
@@ -266,7 +266,7 @@ def load_teacher(config: config_lib.Config, strategy: tf.distribute.Strategy,
                                        _checkpoint_num_classes(location))
   _check_classes(teacher_classes, num_classes, path, config)
   with strategy.scope():
-    model = train_lib.build_model_for(teacher_config, num_classes)
+    model = build_model_for(teacher_config, num_classes)
   model.trainable = False  # Keras 3 batch norm of a frozen layer runs in inference mode.
   if kind == 'official':
     from tf_simclr import official_import  # pylint: disable=g-import-not-at-top

@@ -127,14 +127,14 @@ def load_run(model_dir: str, checkpoint: str = 'latest'
   """
   from tf_simclr import checkpoints  # pylint: disable=g-import-not-at-top
   from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
-  from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
+  from tf_simclr.models import build_model_for  # pylint: disable=g-import-not-at-top
 
   checkpoint_path = checkpoints.checkpoint_of_run(model_dir, checkpoint)
   config = config_from_run(model_dir)
   config = config_lib.replace(config, train={
       'train_mode': 'pretrain', 'lineareval_while_pretraining': False,
       'fine_tune_after_block': -1, 'zero_init_logits_layer': False})
-  model = train_lib.build_model_for(config, None)
+  model = build_model_for(config, None)
   parts = tf.train.Checkpoint(encoder=model.encoder, projection_head=model.projection_head)
   checkpoints.restore_or_explain(tf.train.Checkpoint(model=parts), checkpoint_path)
 

@@ -21,13 +21,14 @@ import tensorflow as tf
 
 from tf_simclr import checkpoints
 from tf_simclr import config as config_lib
+from tf_simclr import data as data_lib
 from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import official_import
 from tf_simclr import optim
 from tf_simclr import run_dir
 from tf_simclr import strategy as strategy_lib
-from tf_simclr import train as train_lib
+from tf_simclr.models import build_model_for
 
 InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
@@ -79,7 +80,7 @@ def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
       checkpoint_path or train_config.model_dir,
       '--checkpoint' if checkpoint_path else '--model_dir')
   checkpoints.check_compatible(checkpoint_path, config)
-  sizes = data_sizes or train_lib.dataset_info(config, with_eval=True)
+  sizes = data_sizes or data_lib.dataset_info(config, with_eval=True)
   # Evaluate what the checkpoint holds, whatever --lineareval_while_pretraining says.
   has_head = checkpoints.checkpoint_has_object(checkpoint_path, ('model', 'supervised_head'))
   if not has_head and train_config.train_mode == 'finetune':
@@ -88,7 +89,7 @@ def evaluate(config: config_lib.Config, strategy: tf.distribute.Strategy,
   eval_config = config_lib.replace(config, train={'lineareval_while_pretraining': has_head})
 
   with strategy.scope():
-    model = train_lib.build_model_for(eval_config, sizes.num_classes)
+    model = build_model_for(eval_config, sizes.num_classes)
   checkpoints.restore_or_explain(tf.train.Checkpoint(model=model), checkpoint_path)
   global_step = checkpoints.checkpoint_step(checkpoint_path)
   return _evaluate_model(config, strategy, model, has_head, checkpoint_path, global_step,
@@ -104,13 +105,13 @@ def _evaluate_official(config: config_lib.Config, strategy: tf.distribute.Strate
   architecture = official_import.read_architecture(source)
   config = official_import.config_for_architecture(config, architecture, explicit=None,
                                                    source_path=source.path)
-  sizes = data_sizes or train_lib.dataset_info(config)
+  sizes = data_sizes or data_lib.dataset_info(config)
   official_import.check_supervised_head(architecture, config, sizes.num_classes, source.path)
   eval_config = config_lib.replace(config, train={'lineareval_while_pretraining': True,
                                                   'train_mode': 'pretrain',
                                                   'fine_tune_after_block': -1})
   with strategy.scope():
-    model = train_lib.build_model_for(eval_config, architecture.num_classes)
+    model = build_model_for(eval_config, architecture.num_classes)
   official_import.load_weights(model, source)
   return _evaluate_model(config, strategy, model, True, source.path,
                          official_import.checkpoint_step(source), sizes, input_fn=input_fn,
@@ -286,7 +287,7 @@ def evaluate_continuously(config: config_lib.Config, strategy: tf.distribute.Str
   if timeout_secs is None:
     timeout_secs = config.train.eval_timeout_secs
   wait_limit = timeout_secs or None  # checkpoints_iterator: None waits forever.
-  sizes = data_sizes or train_lib.dataset_info(config, with_eval=True)
+  sizes = data_sizes or data_lib.dataset_info(config, with_eval=True)
   total_steps = optim.total_train_steps(config.train, sizes.num_train_examples)
   result = None
   for checkpoint_path in tf.train.checkpoints_iterator(

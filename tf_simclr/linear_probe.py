@@ -111,14 +111,14 @@ def encoder_from_checkpoint(config: config_lib.Config, num_classes: int,
   weights of `checkpoint_path` (a prefix or a model_dir); None: the random
   initialisation of seed `config.train.seed` (the one a run of that seed starts from).
   """
-  from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
+  from tf_simclr.models import build_model_for  # pylint: disable=g-import-not-at-top
   model_config = config_lib.replace(
       config, train={'train_mode': 'pretrain', 'lineareval_while_pretraining': False,
                      'fine_tune_after_block': -1, 'zero_init_logits_layer': False})
   strategy = strategy or tf.distribute.get_strategy()
   keras.utils.set_random_seed(config.train.seed)
   with strategy.scope():
-    model = train_lib.build_model_for(model_config, num_classes)
+    model = build_model_for(model_config, num_classes)
   if checkpoint_path:
     path = checkpoints.resolve_checkpoint(checkpoint_path)
     checkpoints.check_compatible(path, config)

@@ -40,32 +40,18 @@ from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import official_import
 from tf_simclr import optim
-from tf_simclr import precision
 from tf_simclr import progress as progress_lib
 from tf_simclr import run_dir
 from tf_simclr import strategy as strategy_lib
 from tf_simclr import summaries
-from tf_simclr.models import SimCLRModel, build_model
+from tf_simclr.data import inputs as data_inputs
+from tf_simclr.models import SimCLRModel, build_model_for
 from tf_simclr.models import kernel_choice
 
 InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
 
 DEFAULT_MAX_STEPS_PER_LOOP = 100
-
-
-def dataset_info(config: config_lib.Config, with_eval: Optional[bool] = None) -> Any:
-  """`tf_simclr.data.get_dataset_info(config.data)` (imported on use).
-
-  By default the eval split is only looked at when something reads it: --mode=eval
-  or train_then_eval, or the kNN monitor while pretraining (--mode=train alone
-  leaves num_eval_examples 0).
-  """
-  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
-  if with_eval is None:
-    with_eval = config.train.mode != 'train' or (
-      config.knn.knn_every_steps > 0 and config.train.train_mode == 'pretrain')
-  return data_lib.get_dataset_info(config.data, with_eval=with_eval)
 
 
 def train_input_fn(config: config_lib.Config) -> InputFn:
@@ -212,20 +198,6 @@ def steps_per_loop(train_config: config_lib.TrainConfig, checkpoint_steps: int) 
   if train_config.log_every_steps:
     steps = min(steps, train_config.log_every_steps)
   return max(1, steps)
-
-
-def build_model_for(config: config_lib.Config, num_classes: int) -> SimCLRModel:
-  """`build_model` under the --mixed_precision dtype policy (call in strategy.scope())."""
-  previous_policy = keras.config.dtype_policy()
-  mixed_precision = precision.resolve_mixed_precision(config.train.mixed_precision,
-                                                     config.train.force_bfloat16)
-  policy = loss_scale.dtype_policy(mixed_precision)
-  if policy:
-    keras.config.set_dtype_policy(policy)
-  try:
-    return build_model(config, num_classes)
-  finally:
-    keras.config.set_dtype_policy(previous_policy)
 
 
 def build_model_and_optimizer(config: config_lib.Config, strategy: tf.distribute.Strategy,
@@ -447,7 +419,7 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
   """
   chief = strategy_lib.is_chief(strategy)
   # 1. Data, step budget, the weights to start from (checked before anything is built).
-  sizes = data_sizes or dataset_info(config)
+  sizes = data_sizes or data_inputs.dataset_info(config)
   plan = StepPlan.for_run(config.train, sizes.num_train_examples)
   input_fn = input_fn or train_input_fn(config)
   start = StartingWeights.of(config)

@@ -7,6 +7,8 @@ from typing import Any, Optional
 import keras
 import tensorflow as tf
 
+from tf_simclr import loss_scale
+from tf_simclr import precision
 from tf_simclr.config import TRAIN_MODES, Config
 from tf_simclr.models.heads import ProjectionHead, SupervisedHead
 from tf_simclr.models.resnet import build_resnet, output_channels
@@ -165,3 +167,18 @@ def build_model(config: Config, num_classes: Optional[int]) -> SimCLRModel:
       fine_tune_after_block=train_config.fine_tune_after_block,
       zero_init_logits_layer=train_config.zero_init_logits_layer,
       heads_dtype='float32' if train_config.mixed_precision == 'float16' else None)
+
+
+def build_model_for(config: Config, num_classes: Optional[int]) -> SimCLRModel:
+  """`build_model` under the run's --mixed_precision dtype policy (call it in
+  `strategy.scope()`); the global Keras policy is restored afterwards."""
+  previous_policy = keras.config.dtype_policy()
+  mixed_precision = precision.resolve_mixed_precision(config.train.mixed_precision,
+                                                     config.train.force_bfloat16)
+  policy = loss_scale.dtype_policy(mixed_precision)
+  if policy:
+    keras.config.set_dtype_policy(policy)
+  try:
+    return build_model(config, num_classes)
+  finally:
+    keras.config.set_dtype_policy(previous_policy)
