@@ -16,13 +16,10 @@ Independent checks:
   tolerance in test_mixed_precision.py is the same; measured deviation below).
 """
 
-import tempfile
-
 import numpy as np
 import tensorflow as tf
 
-from bench import common
-from tf_simclr import config as config_lib
+from tests import train_fixtures
 from tf_simclr import train as train_lib
 
 TOLERANCE_OF_INITIAL_LOSS = 0.03
@@ -31,22 +28,8 @@ STEPS = 10
 
 def _curve(mixed_precision: str, steps: int) -> tuple[np.ndarray, np.ndarray, object]:
   """(total losses, skipped flags, optimizer) of `steps` single-step loop calls."""
-  config = config_lib.Config(
-      model=config_lib.ModelConfig(resnet_depth=18, proj_out_dim=32),
-      data=config_lib.DataConfig(image_size=8),
-      optim=config_lib.OptimConfig(learning_rate=0.3, warmup_epochs=0),
-      train=config_lib.TrainConfig(train_batch_size=8, train_steps=1000,
-                                   lineareval_while_pretraining=False,
-                                   mixed_precision=mixed_precision,
-                                   model_dir=tempfile.mkdtemp()))
-  tf.keras.utils.set_random_seed(0)  # Same initial weights in both runs.
-  strategy = tf.distribute.get_strategy()
-  train_loop, _, optimizer = common.build_train_loop(config, strategy, num_classes=10)
-  batch = common.random_batch(config, 8, num_classes=10, seed=1)
-  view1 = batch['image'][:8]
-  noise = tf.random.stateless_uniform(view1.shape, seed=[2, 3], maxval=0.1)
-  batch['image'] = tf.concat([view1, 0.9 * view1[:, :, ::-1] + noise], 0)
-  iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+  config, train_loop, iterator, optimizer = train_fixtures.related_views_training(
+      mixed_precision, train_steps=1000)
   names = train_lib.train_metric_names(config, pretrain=True, supervised=False)
   metrics = np.array([train_loop(iterator, tf.constant(1)).numpy() for _ in range(steps)])
   skipped = metrics[:, names.index('skipped_steps')] if 'skipped_steps' in names else (

@@ -8,39 +8,19 @@ The tolerance is relative to the initial loss because the curve falls towards 0 
 fixed batch, where relative differences of tiny values mean nothing.
 """
 
-import tempfile
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from bench import common
-from tf_simclr import config as config_lib
+from tests import train_fixtures
 from tf_simclr import metrics as metrics_lib
 
 TOLERANCE_OF_INITIAL_LOSS = 0.03
 
 
 def _loss_curve(mixed_precision: str, steps: int) -> np.ndarray:
-  config = config_lib.Config(
-      model=config_lib.ModelConfig(resnet_depth=18, proj_out_dim=32),
-      data=config_lib.DataConfig(image_size=8),
-      optim=config_lib.OptimConfig(learning_rate=0.3, warmup_epochs=0),
-      train=config_lib.TrainConfig(train_batch_size=8, train_steps=steps,
-                                   lineareval_while_pretraining=False,
-                                   mixed_precision=mixed_precision,
-                                   force_bfloat16=True,  # Also on CPUs without bf16.
-                                   model_dir=tempfile.mkdtemp()))
-  tf.keras.utils.set_random_seed(0)  # Same initial weights in both runs.
-  strategy = tf.distribute.get_strategy()
-  train_loop, _, _ = common.build_train_loop(config, strategy, num_classes=10)
-  batch = common.random_batch(config, 8, num_classes=10, seed=1)
-  # Related views, so the contrastive task is learnable: view 2 = mirrored view 1 plus
-  # a little noise ([2b, H, W, 3], view 1 rows first).
-  view1 = batch['image'][:8]
-  noise = tf.random.stateless_uniform(view1.shape, seed=[2, 3], maxval=0.1)
-  batch['image'] = tf.concat([view1, 0.9 * view1[:, :, ::-1] + noise], 0)
-  iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+  _, train_loop, iterator, _ = train_fixtures.related_views_training(
+      mixed_precision, train_steps=steps, force_bfloat16=True)  # Also on CPUs without bf16.
   names = metrics_lib.train_metric_names(pretrain=True, supervised=False)
   index = names.index('total_loss')
   one = tf.constant(1)

@@ -199,3 +199,31 @@ def run_together(script: str, jobs: Jobs, out_dir: pathlib.Path, timeout: float)
         process.kill()
         process.wait()
       log.close()
+
+
+def related_views_training(mixed_precision: str, train_steps: int,
+                           **train_fields: Any) -> tuple[config_lib.Config, Any, Any, Any]:
+  """(config, train_loop, iterator, optimizer): tf_simclr.train's real loop (through
+  bench/common) for a tiny ResNet-18 pretraining on one fixed batch of 8 whose two views
+  are related (view 2 = mirrored view 1 plus a little noise), so the contrastive loss
+  falls. Same initial weights for every call; `train_steps` sets the cosine schedule."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from bench import common  # pylint: disable=g-import-not-at-top
+  config = config_lib.Config(
+      model=config_lib.ModelConfig(resnet_depth=18, proj_out_dim=32),
+      data=config_lib.DataConfig(image_size=8),
+      optim=config_lib.OptimConfig(learning_rate=0.3, warmup_epochs=0),
+      train=config_lib.TrainConfig(train_batch_size=8, train_steps=train_steps,
+                                   lineareval_while_pretraining=False,
+                                   mixed_precision=mixed_precision,
+                                   model_dir=tempfile.mkdtemp(), **train_fields))
+  tf.keras.utils.set_random_seed(0)  # Same initial weights in every run.
+  strategy = tf.distribute.get_strategy()
+  train_loop, _, optimizer = common.build_train_loop(config, strategy, num_classes=10)
+  batch = common.random_batch(config, 8, num_classes=10, seed=1)
+  # [2b, H, W, 3], view 1 rows first.
+  view1 = batch['image'][:8]
+  noise = tf.random.stateless_uniform(view1.shape, seed=[2, 3], maxval=0.1)
+  batch['image'] = tf.concat([view1, 0.9 * view1[:, :, ::-1] + noise], 0)
+  iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+  return config, train_loop, iterator, optimizer
