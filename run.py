@@ -53,8 +53,9 @@ def fail(message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
   sys.exit(exit_code)
 
 
-def _remove_new_files(model_dir: str, before: set[str]) -> None:
-  """Removes the files this run added to `model_dir` (and the folder if it is empty now)."""
+def _remove_new_files(model_dir: str, before: set[str], created: bool) -> None:
+  """Removes the files this run added to `model_dir`, and the folder itself when this
+  run `created` it and it is empty now (gfile.remove deletes files only)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   if not tf.io.gfile.isdir(model_dir):
     return
@@ -62,8 +63,8 @@ def _remove_new_files(model_dir: str, before: set[str]) -> None:
     path = os.path.join(model_dir, name)
     if not tf.io.gfile.isdir(path):
       tf.io.gfile.remove(path)
-  if not run_dir.list_names(model_dir):
-    tf.io.gfile.remove(model_dir)
+  if created and not run_dir.list_names(model_dir):
+    tf.io.gfile.rmtree(model_dir)  # Empty: removes the folder alone.
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -107,6 +108,7 @@ def main(argv: list[str]) -> None:
   chief = strategy_lib.is_chief(strategy)
   if mode != 'eval':
     _check_model_dir(model_dir)
+  model_dir_existed = tf.io.gfile.isdir(model_dir)
   files_before = set(run_dir.list_names(model_dir))
   flags_path = run_dir.flags_json_path(model_dir)
   flags_before = run_dir.read_text(flags_path)
@@ -123,7 +125,7 @@ def main(argv: list[str]) -> None:
     if not nothing_trained():
       return
     try:
-      _remove_new_files(model_dir, files_before)
+      _remove_new_files(model_dir, files_before, created=not model_dir_existed)
       if flags_before is not None and run_dir.read_text(flags_path) != flags_before:
         run_dir.write_text_atomic(flags_path, flags_before)
       if flagfile_before is not None and run_dir.read_text(flagfile_path) != flagfile_before:
