@@ -60,8 +60,7 @@ def train_input_fn(config: config_lib.Config) -> InputFn:
   if config.train.train_mode == 'distill':
     from tf_simclr import distill  # pylint: disable=g-import-not-at-top
     return distill.train_input_fn(config)
-  from tf_simclr import data as data_lib  # pylint: disable=g-import-not-at-top
-  return data_lib.train_input_fn(config)
+  return data_inputs.train_input_fn(config)
 
 
 def input_options(strategy: tf.distribute.Strategy) -> Optional[tf.distribute.InputOptions]:
