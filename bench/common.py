@@ -8,8 +8,10 @@ backward for the input gradient and for the weight gradient).
 
 from __future__ import annotations
 
+import collections
 import os
 import resource
+import tempfile
 import sys
 import time
 from typing import Any, Callable, Iterable, Sequence
@@ -24,6 +26,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 from tf_simclr import config as config_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr import train as train_lib  # pylint: disable=g-import-not-at-top
 from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
+from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
 
 TRAIN_FLOPS_PER_FORWARD_FLOP = 3
 
@@ -240,3 +243,63 @@ def timed_step_fn(config: config_lib.Config, strategy: tf.distribute.Strategy,
   one_step.tracing_count = train_loop.experimental_get_tracing_count  # type: ignore[attr-defined]
   one_step.kernels = kernels  # type: ignore[attr-defined]
   return one_step, model
+
+
+# Events of the executor and thread pools that wrap op executions (not ops).
+EXECUTOR_EVENTS = frozenset({'Process', 'Run', 'ParallelFor', 'DoCompute', 'Start', 'Root'})
+
+
+def op_seconds_by_type(trace_dir: str) -> dict[str, list[float]]:
+  """{op type: [summed seconds, calls]} over the host's TF op events of the trace."""
+  totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+  paths = tf.io.gfile.glob(os.path.join(trace_dir, 'plugins', 'profile', '*', '*.xplane.pb'))
+  if not paths:
+    raise RuntimeError(f'the profiler wrote no *.xplane.pb under {trace_dir}')
+  for path in paths:
+    space = xplane_pb2.XSpace()
+    with tf.io.gfile.GFile(path, 'rb') as file:
+      space.ParseFromString(file.read())
+    for plane in space.planes:
+      if not plane.name.startswith('/host:CPU'):
+        continue
+      for line in plane.lines:
+        # Executor threads: TF op events are named '<node name>:<op type>'.
+        for event in line.events:
+          name = plane.event_metadata[event.metadata_id].name
+          if ':' not in name or name.startswith(('$', '::')):
+            continue
+          op_type = name.rsplit(':', 1)[1].lstrip('_')  # '_MklNativeConv2D' too.
+          if (not op_type or not op_type[0].isupper() or ' ' in op_type
+              or op_type in EXECUTOR_EVENTS):
+            continue
+          totals[op_type][0] += event.duration_ps * 1e-12
+          totals[op_type][1] += 1
+  return totals
+
+
+def profile_op_types(call: Callable[[], Any], num_calls: int, top: int = 25) -> dict[str, Any]:
+  """Traces `num_calls` calls with TF's profiler; prints and returns time per op type.
+
+  Returns {'wall_seconds_per_step', 'op_seconds_per_step', 'op_types': {type:
+  {'seconds_per_step', 'calls_per_step'}}}, "step" meaning one call.
+  """
+  trace_dir = tempfile.mkdtemp(prefix='bench_op_profile_')
+  tf.profiler.experimental.start(trace_dir)
+  start = time.perf_counter()
+  for _ in range(num_calls):
+    call()
+  wall = (time.perf_counter() - start) / num_calls
+  tf.profiler.experimental.stop()
+  totals = op_seconds_by_type(trace_dir)
+  summed = sum(seconds for seconds, _ in totals.values()) / num_calls
+  ranked = sorted(totals.items(), key=lambda item: -item[1][0])
+  print(f'wall {wall:.3f} s per step; op time summed {summed:.3f} s per step '
+        '(more than the wall time when ops run in parallel)')
+  print(f"{'op type':32s} {'s/step':>8s} {'share':>6s} {'calls/step':>10s}")
+  for op_type, (seconds, calls) in ranked[:top]:
+    print(f'{op_type:32s} {seconds / num_calls:8.3f} {seconds / num_calls / summed:6.1%} '
+          f'{calls / num_calls:10.0f}')
+  return {'wall_seconds_per_step': wall, 'op_seconds_per_step': summed,
+          'op_types': {op_type: {'seconds_per_step': seconds / num_calls,
+                                 'calls_per_step': calls / num_calls}
+                       for op_type, (seconds, calls) in ranked}}

@@ -2,7 +2,7 @@ r"""One speed table for this CPU kind: ours vs the peers, measured in the same s
 
     python bench/cpu_kinds.py --official_tf2_dir=/path/to/simclr/tf2
     python bench/cpu_kinds.py --official_tf2_dir=... --configs=r18_cifar_32,r50_imagenet_32 \
-        --steps=4
+        --steps=4 --pytorch_python=/path/to/torch-venv/bin/python
 
 For each config, one after the other in this sitting: our step (`bench/train_step.py`,
 `--cpu_kernels=auto`, alternating with the same step built with `--cpu_kernels=ours`
@@ -60,12 +60,19 @@ def main() -> None:
                       help='tf2/ of a google-research/simclr checkout; empty: no official peer.')
   parser.add_argument('--configs', default='r18_cifar_32,r50_imagenet_32,r50_imagenet_96')
   parser.add_argument('--steps', type=int, default=4)
+  parser.add_argument('--pytorch_python', default=sys.executable,
+                      help='A Python interpreter with torch for the PyTorch peer (e.g. '
+                           'another virtual environment); default: this one.')
   parser.add_argument('--timeout', type=float, default=3600)
   args = parser.parse_args()
   from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
   cpu = kernel_choice.cpu_description()
   has = {flag: flag in cpu['flags'] for flag in FLAGS_OF_INTEREST}
-  torch_available = importlib.util.find_spec('torch') is not None
+  if args.pytorch_python == sys.executable:
+    torch_available = importlib.util.find_spec('torch') is not None
+  else:
+    torch_available = subprocess.run([args.pytorch_python, '-c', 'import torch'],
+                                     capture_output=True, check=False).returncode == 0
   print(f"CPU: {cpu['model']}; {os.cpu_count()} logical CPUs; "
         + ', '.join(f'{flag} {"yes" if value else "no"}' for flag, value in has.items()),
         flush=True)
@@ -77,6 +84,7 @@ def main() -> None:
         f'--image_size={size}', f'--cifar_stem={stem == "cifar"}',
         f'--train_batch_size={batch}', f'--bench_steps={args.steps}',
         '--bench_warmup_steps=1', '--cpu_kernels=auto', '--bench_compare_cpu_kernels',
+        '--train_steps=1000',  # As a long run: `auto` times each shape (or reads its cache).
         '--bench_matmul_sizes=2048'], args.timeout)
     official = None
     if args.official_tf2_dir:
@@ -88,7 +96,7 @@ def main() -> None:
     pytorch = None
     if torch_available:
       pytorch = _last_json([
-          sys.executable, os.path.join(BENCH_DIR, 'peer_pytorch.py'), f'--depth={depth}',
+          args.pytorch_python, os.path.join(BENCH_DIR, 'peer_pytorch.py'), f'--depth={depth}',
           f'--stem={stem}', f'--image_size={size}', f'--batch_size={batch}',
           f'--steps={args.steps}', '--warmup_steps=1'], args.timeout)
     results[name] = {'ours': ours, 'official_tf2': official, 'pytorch': pytorch}

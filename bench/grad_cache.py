@@ -14,11 +14,15 @@ come from --bench_large_batch / --bench_small_batch) plus --bench_* flags.
 2. Time: in one process, the plain step and the gradient-caching step at
    --bench_small_batch, alternating step by step (both see the same load on a shared
    machine); the ratio of their median seconds per image. Target: <= 1.4 (gradient
-   caching does one extra forward pass: about 4/3 of the plain step's FLOPs).
+   caching does n - 1 extra micro-batch forward passes: 1.25x the plain step's FLOPs
+   at n = 4 micro-batches, 1.33x at n = 64). With --bench_time_large_batch, each round
+   also times the gradient-caching step at --bench_large_batch, compared per image
+   with the plain step at the small batch (the largest a small machine holds).
 
 The last line is one JSON object: rss_mb_large, rss_mb_small, rss_ratio,
 step_seconds_large (its one step includes tracing), seconds_per_image_plain,
-seconds_per_image_cached, time_ratio, the config, the load average.
+seconds_per_image_cached, time_ratio (and with --bench_time_large_batch
+seconds_per_image_cached_large, time_ratio_large), the config, the load average.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ absl_flags.DEFINE_integer('bench_large_batch', 4096, 'The large global batch.')
 absl_flags.DEFINE_integer('bench_small_batch', 256, 'The small global batch.')
 absl_flags.DEFINE_integer('bench_steps', 3, 'Timed steps of each kind (time part).')
 absl_flags.DEFINE_integer('bench_num_classes', 10, 'Classes of the supervised head.')
+absl_flags.DEFINE_bool('bench_time_large_batch', False,
+                       'Time part: also time the gradient-caching step at '
+                       '--bench_large_batch (one warm-up step, then --bench_steps steps, '
+                       'each after a plain step at the small batch) and compare its time '
+                       'per image with the plain step at the small batch.')
 absl_flags.DEFINE_enum('bench_role', 'all', ['all', 'memory', 'time'],
                        'all: both parts; memory: one step at --train_batch_size in '
                        'this process (the subprocess of part 1); time: part 2 only.')
@@ -87,15 +96,29 @@ def time_plain_and_cached(config: config_lib.Config) -> dict[str, float]:
   plain_config = config_lib.replace(config, train={'micro_batch_size': 0})
   plain_step, _ = common.timed_step_fn(plain_config, strategy, FLAGS.bench_num_classes, 1)
   cached_step, _ = common.timed_step_fn(config, strategy, FLAGS.bench_num_classes, 1)
-  plain, cached = [], []
+  large_step = None
+  large_batch = FLAGS.bench_large_batch
+  if FLAGS.bench_time_large_batch:
+    large_config = config_lib.replace(config, train={'train_batch_size': large_batch})
+    large_step, _ = common.timed_step_fn(large_config, strategy, FLAGS.bench_num_classes, 1)
+  plain, cached, large = [], [], []
   for _ in range(FLAGS.bench_steps):
     plain += common.time_calls(plain_step, 1)
     cached += common.time_calls(cached_step, 1)
+    if large_step is not None:
+      large += common.time_calls(large_step, 1)
   batch = config.train.train_batch_size
-  return {'round_time_ratios': [one / other for one, other in zip(cached, plain)],
-          'seconds_per_image_plain': common.median(plain) / batch,
-          'seconds_per_image_cached': common.median(cached) / batch,
-          'time_ratio': common.median(cached) / common.median(plain)}
+  result = {'round_time_ratios': [one / other for one, other in zip(cached, plain)],
+            'seconds_per_image_plain': common.median(plain) / batch,
+            'seconds_per_image_cached': common.median(cached) / batch,
+            'time_ratio': common.median(cached) / common.median(plain)}
+  if large:
+    result.update({
+        'seconds_per_image_cached_large': common.median(large) / large_batch,
+        'time_ratio_large': (common.median(large) / large_batch) / (common.median(plain) / batch),
+        'round_time_ratios_large': [(one / large_batch) / (other / batch)
+                                    for one, other in zip(large, plain)]})
+  return result
 
 
 def main(argv: list[str]) -> None:
@@ -135,6 +158,12 @@ def main(argv: list[str]) -> None:
         f"(alternating, median of {FLAGS.bench_steps}): {result['time_ratio']:.2f}x "
         f"(target <= 1.4); per round: "
         + ', '.join(f'{ratio:.2f}' for ratio in result['round_time_ratios']), flush=True)
+  if 'time_ratio_large' in result:
+    print(f"per image, gradient caching at batch {FLAGS.bench_large_batch} vs plain step at "
+          f"batch {FLAGS.bench_small_batch}: {result['time_ratio_large']:.2f}x "
+          f"(target <= 1.4); per round: "
+          + ', '.join(f'{ratio:.2f}' for ratio in result['round_time_ratios_large']),
+          flush=True)
   result.update({
       'config': {'resnet_depth': config.model.resnet_depth,
                  'image_size': config.data.image_size,

@@ -49,6 +49,9 @@ def _parse_args() -> argparse.Namespace:
   parser.add_argument('--num_classes', type=int, default=1000)
   parser.add_argument('--steps', type=int, default=8, help='Timed steps.')
   parser.add_argument('--warmup_steps', type=int, default=2)
+  parser.add_argument('--profile_steps', type=int, default=0,
+                      help='After timing, trace this many steps with TF\'s profiler and '
+                           'print the time per op type (as bench/op_profile.py does).')
   parser.add_argument('--onednn', type=lambda text: text.lower() in ('1', 'true', 'yes'),
                       default=True)
   return parser.parse_args()
@@ -158,6 +161,9 @@ def main() -> None:
         f'{args.steps}; best {result["images_per_sec_best"]:.2f}); matmul fp32 '
         f'{result["matmul_flops_per_sec_fp32"] / 1e9:.1f} GFLOP/s; oneDNN '
         f'{"on" if result["onednn"] else "off"}', flush=True)
+  if args.profile_steps:
+    result['profile'] = common.profile_op_types(
+        lambda: train_multiple_steps(iterator, one).numpy(), args.profile_steps)
   print(json.dumps(result), flush=True)
 
 

@@ -58,6 +58,28 @@ def test_matmul_rate_and_peak_rss_are_plausible():
   assert 50 < common.peak_rss_mb() < 1e6
 
 
+def test_op_profile_counts_each_op_execution_of_a_traced_function(capsys):
+  """3 matmuls and 2 ReLUs per call, 2 calls: the profile must count exactly those."""
+  weights = tf.random.normal([64, 64])
+
+  @tf.function
+  def three_matmuls(x):
+    for _ in range(3):
+      x = tf.nn.relu(tf.matmul(x, weights)) if _ < 2 else tf.matmul(x, weights)
+    return x
+
+  x = tf.random.normal([64, 64])
+  three_matmuls(x).numpy()  # Trace outside the profile.
+  profile = common.profile_op_types(lambda: three_matmuls(x).numpy(), 2)
+  matmuls = {name: op for name, op in profile['op_types'].items() if name.endswith('MatMul')}
+  assert sum(op['calls_per_step'] for op in matmuls.values()) == 3, profile['op_types']
+  assert sum(op['calls_per_step'] for name, op in profile['op_types'].items()
+             if name.endswith('Relu')) == 2, profile['op_types']
+  assert all(op['seconds_per_step'] > 0 for op in matmuls.values())
+  assert 0 < profile['op_seconds_per_step'] and 0 < profile['wall_seconds_per_step']
+  assert 'MatMul' in capsys.readouterr().out
+
+
 def _run(script, *args):
   result = subprocess.run(
       [sys.executable, str(REPO_ROOT / 'bench' / script), *args], capture_output=True,
