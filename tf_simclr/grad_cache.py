@@ -195,9 +195,12 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
       # The last micro-batch runs under a tape and its activations are kept: pass 2
       # then needs only micro-batches 0..n-2 (one forward pass fewer per step; the
       # peak still holds one micro-batch's activations, as pass 2 does).
+      earlier_projections = projections.stack()  # [n - 1, 2m, d]
       last = tf.constant(num_micro - 1)
       with tf.GradientTape() as last_tape:
-        last_images, last_labels = micro(last)
+        # After the loop: its transients must be gone before activations are kept.
+        with tf.control_dependencies([earlier_projections]):
+          last_images, last_labels = micro(last)
         last_outputs = forward(last_images)
         last_projection = tf.cast(last_outputs['proj_head_output'], tf.float32)
         if supervised:
@@ -205,7 +208,7 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
       last_statistics = statistics_after([last_projection])
       with tf.control_dependencies(last_statistics):
         restore_statistics()
-      projections = tf.concat([projections.stack(), last_projection[tf.newaxis]], 0)  # [n, 2m, d]
+      projections = tf.concat([earlier_projections, last_projection[tf.newaxis]], 0)  # [n, 2m, d]
       with tf.GradientTape() as tape:
         tape.watch(projections)
         hidden = merge_micro_projections(projections, num_views)
