@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import keras
 import tensorflow as tf
 
+from tf_simclr import precision
 from tf_simclr.config import CPU_KERNELS
 from tf_simclr.models import fast_batch_norm
 from tf_simclr.models import fast_conv
@@ -73,21 +74,17 @@ class KernelChoice:
 
 def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> dict[str, Any]:
   """{'model': ..., 'flags': sorted list} of the first processor (empty if unknown)."""
-  model, flags = platform.processor() or platform.machine(), []
+  model = platform.processor() or platform.machine()
   try:
     with open(cpuinfo_path, encoding='utf-8', errors='replace') as cpuinfo:
       for line in cpuinfo:
         key, _, value = line.partition(':')
-        key = key.strip()
-        if key == 'model name' and model in ('', platform.machine()):
+        if key.strip() == 'model name' and model in ('', platform.machine()):
           model = value.strip()
-        elif key in ('flags', 'Features') and not flags:
-          flags = sorted(value.split())
-        elif not line.strip() and flags:
           break
   except OSError:
     pass
-  return {'model': model, 'flags': flags}
+  return {'model': model, 'flags': sorted(precision.read_cpu_flags(cpuinfo_path) or ())}
 
 
 def default_cache_path() -> str:
