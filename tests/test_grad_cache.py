@@ -20,6 +20,7 @@ import pytest
 
 from tf_simclr import config as config_lib
 from tf_simclr import grad_cache
+from tests import train_fixtures
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO_ROOT / 'tests' / 'grad_cache_check.py')
@@ -111,6 +112,16 @@ def test_micro_batches_keep_examples_and_views_together():
   projections = tf.stack([tf.reshape(part[0], [2 * micro, 1]) for part in parts])
   merged = grad_cache.merge_micro_projections(projections, 2)
   np.testing.assert_array_equal(merged.numpy()[:, 0], rows)
+
+
+def test_describe_names_the_split():
+  config = config_lib.replace(train_fixtures.tiny_config('/tmp/x', train_batch_size=4096,
+                                                         micro_batch_size=64),
+                              train={'train_mode': 'pretrain'})
+  assert grad_cache.describe(config, 2) == (
+      "gradient caching (--micro_batch_size=64): each replica's 2048 examples in 32 "
+      'micro-batches of 64 (128 images); exact NT-Xent over the whole batch, batch norm '
+      'statistics per micro-batch.')
 
 
 def test_micro_batch_size_must_divide_the_replica_batch():

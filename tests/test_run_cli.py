@@ -145,3 +145,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, cifar10_dir):
       if process.poll() is None:
         process.kill()
         process.wait()
+
+
+@pytest.mark.slow
+def test_micro_batch_size_trains_and_evaluates_end_to_end(cifar10_dir, tmp_path):
+  """run.py with --micro_batch_size: the gradient-caching step through the whole run
+  (kernel choice, loop, checkpoint, eval); its gradients are tests/test_grad_cache.py's."""
+  model_dir = tmp_path / 'run'
+  run = _run(_command(model_dir, cifar10_dir, '--mode=train_then_eval', '--train_steps=2',
+                      '--micro_batch_size=4'))
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert ("gradient caching (--micro_batch_size=4): each replica's 16 examples in 4 "
+          'micro-batches of 4 (8 images)') in run.stdout
+  assert 'step 2/2 (100.0%)' in run.stdout
+  losses = _scalars(str(model_dir), 'train/contrast_loss')
+  assert losses and all(math.isfinite(value) for value in losses.values())
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith('ckpt-2')
+  assert json.loads((model_dir / 'result.json').read_text())['global_step'] == 2

@@ -298,6 +298,17 @@ def uses_grad_cache(config: config_lib.Config, num_replicas: int) -> bool:
   return bool(micro) and micro < config.train.train_batch_size // max(1, num_replicas)
 
 
+def describe(config: config_lib.Config, num_replicas: int) -> str:
+  """One line for the run's log: how each replica's batch is split."""
+  per_replica_batch = config.train.train_batch_size // max(1, num_replicas)
+  micro = config.train.micro_batch_size
+  views = 2 if config.train.train_mode == 'pretrain' else 1
+  return (f'gradient caching (--micro_batch_size={micro}): each replica\'s '
+          f'{per_replica_batch} examples in {num_micro_batches(per_replica_batch, micro)} '
+          f'micro-batches of {micro} ({views * micro} images); exact NT-Xent over the '
+          'whole batch, batch norm statistics per micro-batch.')
+
+
 def maybe_build_train_step(config: config_lib.Config, model: keras.Model,
                            optimizer: keras.optimizers.Optimizer,
                            strategy: tf.distribute.Strategy, metric_names: Sequence[str]

@@ -438,6 +438,8 @@ def train(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
 
   # 4. The CPU kernels, then the step function and the multi-step loop.
   choose_kernels(config, model, strategy, plan.total_steps, verbose and chief)
+  if verbose and chief and grad_cache.uses_grad_cache(config, strategy.num_replicas_in_sync):
+    print(grad_cache.describe(config, strategy.num_replicas_in_sync), flush=True)
   train_loop = build_train_loop(
       strategy, build_step_fn(config, model, teacher, optimizer, strategy, metric_names),
       len(metric_names))
