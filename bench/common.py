@@ -246,7 +246,8 @@ def timed_step_fn(config: config_lib.Config, strategy: tf.distribute.Strategy,
 
 
 # Events of the executor and thread pools that wrap op executions (not ops).
-EXECUTOR_EVENTS = frozenset({'Process', 'Run', 'ParallelFor', 'DoCompute', 'Start', 'Root'})
+EXECUTOR_EVENTS = frozenset({'Process', 'Run', 'ParallelFor', 'DoCompute', 'Start', 'Root',
+                             'Generator', 'RunWithBorrowedArgs'})
 
 
 def op_seconds_by_type(trace_dir: str) -> dict[str, list[float]]:
