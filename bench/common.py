@@ -186,6 +186,15 @@ def onednn_enabled() -> bool:
   return bool(_pywrap_util_port.IsMklEnabled())
 
 
+def fill_run_flags(flag_values: Any, model_dir_prefix: str, default_train_steps: int) -> None:
+  """Defaults for run.py flags a benchmark leaves unset: a temporary --model_dir
+  (required by the config; nothing is written there) and --train_steps."""
+  if not flag_values.model_dir:
+    flag_values.model_dir = tempfile.mkdtemp(prefix=model_dir_prefix)
+  if not flag_values.train_steps:
+    flag_values.train_steps = default_train_steps
+
+
 def random_batch(config: config_lib.Config, batch_size: int, num_classes: int,
                  seed: int = 0) -> dict[str, tf.Tensor]:
   """One per-replica batch as the data module yields it (random pixels and labels)."""

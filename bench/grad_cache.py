@@ -31,7 +31,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -124,10 +123,7 @@ def time_plain_and_cached(config: config_lib.Config) -> dict[str, float]:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.model_dir:  # Required by the config; nothing is written there.
-    FLAGS.model_dir = tempfile.mkdtemp(prefix='bench_grad_cache_')
-  if not FLAGS.train_steps:
-    FLAGS.train_steps = 100
+  common.fill_run_flags(FLAGS, 'bench_grad_cache_', 100)
   if FLAGS.bench_role != 'memory':
     FLAGS.train_batch_size = FLAGS.bench_small_batch
   try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from typing import Any
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -49,10 +48,7 @@ FLAGS = absl_flags.FLAGS
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.model_dir:  # Required by the config; nothing is written there.
-    FLAGS.model_dir = tempfile.mkdtemp(prefix='bench_op_profile_')
-  if not FLAGS.train_steps:
-    FLAGS.train_steps = 100
+  common.fill_run_flags(FLAGS, 'bench_op_profile_', 100)
   try:
     config = simclr_flags.config_from_flags(FLAGS)
   except ValueError as error:

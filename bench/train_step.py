@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from typing import Any, Callable
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -249,10 +248,7 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not FLAGS.model_dir:  # Required by the config; nothing is written there.
-    FLAGS.model_dir = tempfile.mkdtemp(prefix='bench_train_step_')
-  if not FLAGS.train_steps:
-    FLAGS.train_steps = FLAGS.bench_warmup_steps + FLAGS.bench_steps
+  common.fill_run_flags(FLAGS, 'bench_train_step_', FLAGS.bench_warmup_steps + FLAGS.bench_steps)
   try:
     config = simclr_flags.config_from_flags(FLAGS)
     if FLAGS.bench_steps < 1 or FLAGS.bench_warmup_steps < 0:

@@ -163,9 +163,9 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
           tf.argmax(labels, axis=1), tf.argmax(logits, axis=1)), tf.float32))
       return cross_entropy, correct
 
-    def statistics_after(dependencies: Sequence[Optional[tf.Tensor]]) -> list[tf.Tensor]:
+    def statistics_after(dependencies: Sequence[tf.Tensor]) -> list[tf.Tensor]:
       """The BN moving statistics as a micro-batch's forward pass left them."""
-      with tf.control_dependencies([d for d in dependencies if d is not None]):
+      with tf.control_dependencies(dependencies):
         return [tf.identity(tf.convert_to_tensor(variable)) for variable in statistics]
 
     def add(totals: list[tf.Tensor], gradients: Sequence[Optional[tf.Tensor]]
