@@ -180,3 +180,56 @@ def test_resnet_gradients_with_and_without_fast_gradient(cifar_stem, size):
   # bf16 rounding through 18 layers moves the gradient by 10-25% here (a random vector
   # would be off by ~140%); the fast gradient must not add to that.
   assert plain_error < 0.5 and fast_error < 1.25 * plain_error, (plain_error, fast_error)
+
+
+@pytest.mark.parametrize('height,width,kernel_size,stride',
+                         [(8, 8, 3, 1), (8, 8, 3, 2), (7, 9, 3, 2), (8, 8, 1, 2),
+                          (12, 11, 7, 2), (9, 9, 5, 3), (7, 6, 4, 2)])
+def test_reused_gradient_kernels_give_the_numpy_gradient(height, width, kernel_size, stride):
+  """Gradient kernels computed once (`reusing_gradient_kernels`) and used by several
+  backward passes give each pass the float64 reference gradient; replacing them by
+  zeros zeroes the input gradient, so the reused tensors are the ones convolved."""
+  generator = tf.random.Generator.from_seed(kernel_size * 31 + height + stride)
+  variable = tf.Variable(generator.normal([kernel_size, kernel_size, 5, 4]))
+  batches = [generator.normal([2, height, width, 5]) for _ in range(2)]
+
+  def gradients_of_each(reused_value):
+    @tf.function
+    def run():
+      kernels = [(variable, reused_value(variable), stride)]
+      results = []
+      with fast_conv.reusing_gradient_kernels(kernels):
+        for inputs in batches:
+          with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            outputs = fast_conv.conv2d(inputs, tf.convert_to_tensor(variable), stride,
+                                       kernel_variable=variable)
+          upstream = tf.sin(outputs)  # Any fixed upstream gradient.
+          results.append((upstream, tape.gradient(outputs, [inputs, variable],
+                                                  output_gradients=upstream)))
+      return results
+    return run()
+
+  for inputs, (upstream, (d_inputs, d_kernel)) in zip(
+      batches, gradients_of_each(tf.convert_to_tensor)):
+    _, expected_inputs, expected_kernel = _numpy_reference(inputs, variable, stride, upstream)
+    np.testing.assert_allclose(d_inputs.numpy(), expected_inputs, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(d_kernel.numpy(), expected_kernel, rtol=1e-5, atol=1e-4)
+  for _, (d_inputs, d_kernel) in gradients_of_each(tf.zeros_like):
+    assert not np.any(d_inputs.numpy())
+    assert np.any(d_kernel.numpy())
+
+
+def test_resnet_reusing_gradient_kernels_covers_every_fixed_padding_conv():
+  model = resnet.build_resnet(18, 1, cifar_stem=False)
+  model(tf.zeros([1, 32, 32, 3]), training=False)
+  convs = [layer for layer in model._flatten_layers()  # pylint: disable=protected-access
+           if isinstance(layer, resnet.FixedPaddingConv2D)]
+  # 17 convs of ResNet-18 plus the 1x1 shortcut of every group's first block (as official).
+  assert len(convs) == 21
+  with resnet.reusing_gradient_kernels(model):
+    reused = fast_conv._reused_gradient_kernels  # pylint: disable=protected-access
+    assert {id(layer.kernel) for layer in convs} == set(reused)
+    for layer in convs:
+      assert len(reused[id(layer.kernel)][1]) == layer.strides[0] ** 2
+  assert fast_conv._reused_gradient_kernels is None  # pylint: disable=protected-access

@@ -22,6 +22,10 @@ gradient of the whole-batch loss:
    same inputs, same batch statistics);
 4. the weight-decay term's gradient once, then one optimizer update.
 
+The input-gradient kernels of the convolutions (the weights transposed, flipped and, at
+stride 2, split per phase: `fast_conv.gradient_kernels`) depend on the weights alone:
+they are computed once per step and reused by every micro-batch's backward pass.
+
 Memory holds the activations of one micro-batch, the projections, a few [r, 2B] logit
 blocks of the loss and the gradient accumulators, whatever b is; compute is n - 1
 extra forward passes of a micro-batch (at n = 4: 1.25x the plain step's FLOPs, at
@@ -52,6 +56,7 @@ from tf_simclr import config as config_lib
 from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import optim
+from tf_simclr.models import resnet
 
 
 def num_micro_batches(per_replica_batch: int, micro_batch_size: int) -> int:
@@ -178,92 +183,96 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
       return [total + tf.cast(gradient, total.dtype)
               for total, gradient in zip(totals, gradients)]
 
-    gradient_sums = [tf.zeros(v.shape, tf.float32) for v in variables]
-    statistic_sums = [tf.zeros_like(value) for value in initial_statistics]
-    supervised_sums = tf.zeros([2])
-    if pretrain:
-      # Pass 1: projections of micro-batches 0..n-2, no tape, BN statistics restored.
-      def pass1_body(index, projections):
-        projection = forward(micro(index)[0])['proj_head_output']
-        with tf.control_dependencies([projection]):
+    # The input-gradient kernels (transposed, flipped, per-phase weights) once per step,
+    # not once per micro-batch: the weights do not change until the update.
+    with resnet.reusing_gradient_kernels(model):
+      gradient_sums = [tf.zeros(v.shape, tf.float32) for v in variables]
+      statistic_sums = [tf.zeros_like(value) for value in initial_statistics]
+      supervised_sums = tf.zeros([2])
+      if pretrain:
+        # Pass 1: projections of micro-batches 0..n-2, no tape, BN statistics restored.
+        def pass1_body(index, projections):
+          projection = forward(micro(index)[0])['proj_head_output']
+          with tf.control_dependencies([projection]):
+            restore_statistics()
+          return index + 1, projections.write(index, projection)
+
+        _, projections = tf.while_loop(
+            lambda index, _: index < num_micro - 1, pass1_body,
+            (tf.constant(0), tf.TensorArray(tf.float32, size=num_micro - 1)))
+        # The last micro-batch runs under a tape and its activations are kept: pass 2
+        # then needs only micro-batches 0..n-2 (one forward pass fewer per step; the
+        # peak still holds one micro-batch's activations, as pass 2 does).
+        earlier_projections = projections.stack()  # [n - 1, 2m, d]
+        last = tf.constant(num_micro - 1)
+        with tf.GradientTape() as last_tape:
+          # After the loop: its transients must be gone before activations are kept.
+          with tf.control_dependencies([earlier_projections]):
+            last_images, last_labels = micro(last)
+          last_outputs = forward(last_images)
+          last_projection = tf.cast(last_outputs['proj_head_output'], tf.float32)
+          if supervised:
+            last_cross_entropy, last_correct = supervised_terms(last_outputs, last_labels)
+        last_statistics = statistics_after([last_projection])
+        with tf.control_dependencies(last_statistics):
           restore_statistics()
-        return index + 1, projections.write(index, projection)
-
-      _, projections = tf.while_loop(
-          lambda index, _: index < num_micro - 1, pass1_body,
-          (tf.constant(0), tf.TensorArray(tf.float32, size=num_micro - 1)))
-      # The last micro-batch runs under a tape and its activations are kept: pass 2
-      # then needs only micro-batches 0..n-2 (one forward pass fewer per step; the
-      # peak still holds one micro-batch's activations, as pass 2 does).
-      earlier_projections = projections.stack()  # [n - 1, 2m, d]
-      last = tf.constant(num_micro - 1)
-      with tf.GradientTape() as last_tape:
-        # After the loop: its transients must be gone before activations are kept.
-        with tf.control_dependencies([earlier_projections]):
-          last_images, last_labels = micro(last)
-        last_outputs = forward(last_images)
-        last_projection = tf.cast(last_outputs['proj_head_output'], tf.float32)
+        projections = tf.concat([earlier_projections, last_projection[tf.newaxis]], 0)  # [n, 2m, d]
+        with tf.GradientTape() as tape:
+          tape.watch(projections)
+          hidden = merge_micro_projections(projections, num_views)
+          loss_options = dict(temperature=config.loss.temperature,
+                              hidden_norm=config.loss.hidden_norm,
+                              replica_context=tf.distribute.get_replica_context())
+          if config.train.jit_compile:  # XLA: static shapes, so no row blocks.
+            contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
+                hidden, **loss_options)
+            contrast_metrics = losses.contrastive_metrics(logits_ab, contrast_labels)
+          else:  # Row blocks: no [b, B] logits, whatever the batch.
+            contrast_loss, contrast_metrics = losses.blocked_nt_xent_loss(
+                hidden, **loss_options)
+          scaled_contrast_loss = contrast_loss / num_replicas
+        projection_gradients = tape.gradient(scaled_contrast_loss, projections)
+        values['contrast_loss'] = contrast_loss
+        values.update(contrast_metrics)
+        # The last micro-batch's parameter gradients, from its kept activations.
+        targets, upstream = [last_projection], [projection_gradients[num_micro - 1]]
         if supervised:
-          last_cross_entropy, last_correct = supervised_terms(last_outputs, last_labels)
-      last_statistics = statistics_after([last_projection])
-      with tf.control_dependencies(last_statistics):
-        restore_statistics()
-      projections = tf.concat([earlier_projections, last_projection[tf.newaxis]], 0)  # [n, 2m, d]
-      with tf.GradientTape() as tape:
-        tape.watch(projections)
-        hidden = merge_micro_projections(projections, num_views)
-        loss_options = dict(temperature=config.loss.temperature,
-                            hidden_norm=config.loss.hidden_norm,
-                            replica_context=tf.distribute.get_replica_context())
-        if config.train.jit_compile:  # XLA: static shapes, so no row blocks.
-          contrast_loss, logits_ab, contrast_labels = losses.nt_xent_loss(
-              hidden, **loss_options)
-          contrast_metrics = losses.contrastive_metrics(logits_ab, contrast_labels)
-        else:  # Row blocks: no [b, B] logits, whatever the batch.
-          contrast_loss, contrast_metrics = losses.blocked_nt_xent_loss(
-              hidden, **loss_options)
-        scaled_contrast_loss = contrast_loss / num_replicas
-      projection_gradients = tape.gradient(scaled_contrast_loss, projections)
-      values['contrast_loss'] = contrast_loss
-      values.update(contrast_metrics)
-      # The last micro-batch's parameter gradients, from its kept activations.
-      targets, upstream = [last_projection], [projection_gradients[num_micro - 1]]
-      if supervised:
-        # d(surrogate)/d(cross-entropy sum): the targets must be tensors the tape saw.
-        targets.append(last_cross_entropy)
-        upstream.append(tf.constant(1.0 / (supervised_rows * num_replicas)))
-        supervised_sums = tf.stack([last_cross_entropy, last_correct])
-      gradient_sums = add(gradient_sums, last_tape.gradient(
-          targets, variables, output_gradients=upstream))
-      statistic_sums = [tf.cast(value, total.dtype)
-                        for total, value in zip(statistic_sums, last_statistics)]
-      num_pass2 = num_micro - 1
-    else:
-      num_pass2 = num_micro
+          # d(surrogate)/d(cross-entropy sum): the targets must be tensors the tape saw.
+          targets.append(last_cross_entropy)
+          upstream.append(tf.constant(1.0 / (supervised_rows * num_replicas)))
+          supervised_sums = tf.stack([last_cross_entropy, last_correct])
+        gradient_sums = add(gradient_sums, last_tape.gradient(
+            targets, variables, output_gradients=upstream))
+        statistic_sums = [tf.cast(value, total.dtype)
+                          for total, value in zip(statistic_sums, last_statistics)]
+        num_pass2 = num_micro - 1
+      else:
+        num_pass2 = num_micro
 
-    # Pass 2: forward + backward of each micro-batch with the cached upstream gradient.
-    def pass2_body(index, gradient_sums, statistic_sums, supervised_sums):
-      with tf.GradientTape() as tape:
-        images, labels = micro(index)
-        outputs = forward(images)
-        surrogate = tf.constant(0.0)
-        if pretrain:
-          surrogate += tf.reduce_sum(
-              tf.stop_gradient(projection_gradients[index]) * outputs['proj_head_output'])
-        if supervised:
-          cross_entropy, correct = supervised_terms(outputs, labels)
-          surrogate += cross_entropy / (supervised_rows * num_replicas)
-          supervised_sums = supervised_sums + tf.stack([cross_entropy, correct])
-      gradient_sums = add(gradient_sums, tape.gradient(surrogate, variables))
-      statistic_sums = [total + tf.cast(value, total.dtype) for total, value in
-                        zip(statistic_sums, statistics_after(gradient_sums))]
-      with tf.control_dependencies(statistic_sums):
-        restore_statistics()
-      return index + 1, gradient_sums, statistic_sums, supervised_sums
+      # Pass 2: forward + backward of each micro-batch with the cached upstream gradient.
+      def pass2_body(index, gradient_sums, statistic_sums, supervised_sums):
+        with tf.GradientTape() as tape:
+          images, labels = micro(index)
+          outputs = forward(images)
+          surrogate = tf.constant(0.0)
+          if pretrain:
+            surrogate += tf.reduce_sum(
+                tf.stop_gradient(projection_gradients[index]) * outputs['proj_head_output'])
+          if supervised:
+            cross_entropy, correct = supervised_terms(outputs, labels)
+            surrogate += cross_entropy / (supervised_rows * num_replicas)
+            supervised_sums = supervised_sums + tf.stack([cross_entropy, correct])
+        gradient_sums = add(gradient_sums, tape.gradient(surrogate, variables))
+        statistic_sums = [total + tf.cast(value, total.dtype) for total, value in
+                          zip(statistic_sums, statistics_after(gradient_sums))]
+        with tf.control_dependencies(statistic_sums):
+          restore_statistics()
+        return index + 1, gradient_sums, statistic_sums, supervised_sums
 
-    _, gradient_sums, statistic_sums, supervised_sums = tf.while_loop(
-        lambda index, *_: index < num_pass2, pass2_body,
-        (tf.constant(0), gradient_sums, statistic_sums, supervised_sums))
+      _, gradient_sums, statistic_sums, supervised_sums = tf.while_loop(
+          lambda index, *_: index < num_pass2, pass2_body,
+          (tf.constant(0), gradient_sums, statistic_sums, supervised_sums))
+
     for variable, total in zip(statistics, statistic_sums):
       variable.assign(total / num_micro)
 

@@ -22,8 +22,9 @@ at trace time with stride > 1), `conv2d` is the plain convolution with TF's grad
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import ContextManager, Mapping, Optional, Sequence
+from typing import ContextManager, Iterator, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
@@ -34,6 +35,10 @@ _enabled = True
 # the batch (measured here: 1x1 maps 2-4x faster; 8x8 and larger mixed, so not there).
 SMALL_MAP_PIXELS = 16
 
+
+# While `reusing_gradient_kernels` is active: id(kernel variable) -> (the variable, its
+# `gradient_kernels`), computed once outside a loop of micro-batches.
+_reused_gradient_kernels: Optional[dict[int, tuple[object, list[Optional[tf.Tensor]]]]] = None
 
 # Per-layer-shape choices (tf_simclr/models/kernel_choice.py): conv_key -> our gradient
 # (True) or TensorFlow's (False); while recording, conv2d records (input shape, kernel
@@ -158,8 +163,59 @@ def _pad_or_crop(values: tf.Tensor, axis: int, before: int, after: int) -> tf.Te
   return values
 
 
+def gradient_kernels(kernel: tf.Tensor, stride: int) -> list[Optional[tf.Tensor]]:
+  """The kernels `input_gradient` convolves the output gradient with (weights only).
+
+  Stride 1: [flip(w)^T], [kh, kw, C_out, C_in]. Stride s > 1: one per phase (p, q) in
+  row-major order, the taps first, first + s, ... of that phase reversed and in/out-
+  transposed (None for a phase without taps). They depend on the weights alone, so a
+  step that backpropagates several micro-batches through the same weights computes
+  them once (`reusing_gradient_kernels`) instead of once per micro-batch.
+  """
+  kernel_height, kernel_width = kernel.shape[0], kernel.shape[1]
+  if stride == 1:
+    return [tf.reverse(tf.transpose(kernel, [0, 1, 3, 2]), [0, 1])]
+  (top, _), (left, _) = _paddings((kernel_height, kernel_width), stride)
+  kernels = []
+  for row_phase in range(stride):
+    row_first = (row_phase + top) % stride
+    for col_phase in range(stride):
+      col_first = (col_phase + left) % stride
+      if row_first >= kernel_height or col_first >= kernel_width:
+        kernels.append(None)
+        continue
+      kernels.append(tf.reverse(tf.transpose(
+          kernel[row_first::stride, col_first::stride], [0, 1, 3, 2]), [0, 1]))
+  return kernels
+
+
+@contextlib.contextmanager
+def reusing_gradient_kernels(kernels: Sequence[tuple[object, tf.Tensor, int]]
+                             ) -> Iterator[None]:
+  """Inside, `conv2d(..., kernel_variable=v)` reuses the gradient kernels of v.
+
+  Computes `gradient_kernels` of each kernel here, once, and every backward pass traced
+  inside (e.g. each micro-batch of a gradient-caching loop) convolves with those
+  tensors instead of transposing, flipping and slicing the weights again. The kernels
+  must not change inside (they are the step's weights, before its update).
+
+  Args:
+    kernels: (kernel variable, its value in the compute dtype, the conv's stride).
+  """
+  global _reused_gradient_kernels
+  previous = _reused_gradient_kernels
+  _reused_gradient_kernels = {id(variable): (variable, gradient_kernels(value, stride))
+                              for variable, value, stride in kernels}
+  try:
+    yield
+  finally:
+    _reused_gradient_kernels = previous
+
+
 def input_gradient(output_gradient: tf.Tensor, kernel: tf.Tensor, stride: int,
-                   input_shape: Sequence[int]) -> tf.Tensor:
+                   input_shape: Sequence[int],
+                   reused_kernels: Optional[Sequence[Optional[tf.Tensor]]] = None
+                   ) -> tf.Tensor:
   """d loss / d inputs of `_plain_conv2d` by forward convolutions.
 
   Args:
@@ -167,16 +223,18 @@ def input_gradient(output_gradient: tf.Tensor, kernel: tf.Tensor, stride: int,
     kernel: w, [kh, kw, C_in, C_out].
     stride: the convolution's stride (both axes).
     input_shape: [B, H, W, C_in] (H, W static when stride > 1).
+    reused_kernels: `gradient_kernels(kernel, stride)` computed earlier, or None.
 
   Returns:
     dx, [B, H, W, C_in].
   """
   kernel_height, kernel_width = kernel.shape[0], kernel.shape[1]
   (top, bottom), (left, right) = _paddings((kernel_height, kernel_width), stride)
+  sub_kernels = (gradient_kernels(kernel, stride) if reused_kernels is None
+                 else list(reused_kernels))
   if stride == 1:
     # [kh, kw, C_out, C_in], flipped: the correlation kernel of the transposed conv.
-    transposed = tf.reverse(tf.transpose(kernel, [0, 1, 3, 2]), [0, 1])
-    return tf.nn.conv2d(output_gradient, transposed, 1,
+    return tf.nn.conv2d(output_gradient, sub_kernels[0], 1,
                         [[0, 0], [kernel_height - 1 - top, kernel_height - 1 - bottom],
                          [kernel_width - 1 - left, kernel_width - 1 - right], [0, 0]])
   _, height, width, in_channels = input_shape
@@ -188,18 +246,16 @@ def input_gradient(output_gradient: tf.Tensor, kernel: tf.Tensor, stride: int,
   batch_size = tf.shape(output_gradient)[0]
   phases = []
   for row_phase in range(stride):
-    row_first, row_taps, row_before, row_after = _phase_taps(
+    _, row_taps, row_before, row_after = _phase_taps(
         kernel_height, stride, row_phase, top, height, out_height)
     for col_phase in range(stride):
-      col_first, col_taps, col_before, col_after = _phase_taps(
+      _, col_taps, col_before, col_after = _phase_taps(
           kernel_width, stride, col_phase, left, width, out_width)
+      sub_kernel = sub_kernels[row_phase * stride + col_phase]
       if not row_taps or not col_taps:
         phases.append(tf.zeros(tf.stack([batch_size, rows, cols, in_channels]),
                                output_gradient.dtype))
         continue
-      # Taps first, first + s, ... of the kernel, reversed and in/out-transposed.
-      sub_kernel = tf.reverse(tf.transpose(
-          kernel[row_first::stride, col_first::stride], [0, 1, 3, 2]), [0, 1])
       padded = _pad_or_crop(output_gradient, 1, row_before, row_after)
       padded = _pad_or_crop(padded, 2, col_before, col_after)
       phases.append(tf.nn.conv2d(padded, sub_kernel, 1, 'VALID'))  # [B, rows, cols, C_in]
@@ -236,13 +292,16 @@ def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape:
       explicit_paddings=[0, 0, top, bottom, left, right, 0, 0])
 
 
-def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
+def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
+           kernel_variable: Optional[object] = None) -> tf.Tensor:
   """The official ResNet convolution ('SAME' at stride 1, else fixed pad + 'VALID').
 
   Args:
     inputs: [B, H, W, C_in].
     kernel: [kh, kw, C_in, C_out], same dtype as inputs.
     stride: both axes.
+    kernel_variable: the variable `kernel` was read from: inside
+      `reusing_gradient_kernels`, its gradient kernels computed there are reused.
 
   Returns:
     [B, Ho, Wo, C_out]; its input gradient by forward convolutions on CPU.
@@ -250,20 +309,30 @@ def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
   _choices.record((tuple(inputs.shape.as_list()), tuple(kernel.shape.as_list()), stride))
   if not uses_fast_gradient(inputs, stride, kernel.shape.as_list()):
     return _plain_conv2d(inputs, kernel, stride)
-  return conv2d_with_fast_gradient(inputs, kernel, stride)
+  reused = None
+  if _reused_gradient_kernels is not None and kernel_variable is not None:
+    reused = _reused_gradient_kernels.get(id(kernel_variable), (None, None))[1]
+  return conv2d_with_fast_gradient(inputs, kernel, stride, reused)
 
 
-def conv2d_with_fast_gradient(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
-  """`conv2d` with our gradient, whatever the choices (stride > 1: static H, W)."""
+def conv2d_with_fast_gradient(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
+                              reused_kernels: Optional[Sequence[Optional[tf.Tensor]]] = None
+                              ) -> tf.Tensor:
+  """`conv2d` with our gradient, whatever the choices (stride > 1: static H, W);
+  `reused_kernels` as in `input_gradient`."""
   input_shape = inputs.shape.as_list()
   kernel_shape = kernel.shape.as_list()
+  if reused_kernels is not None and any(
+      reused is not None and reused.dtype != kernel.dtype for reused in reused_kernels):
+    reused_kernels = [None if reused is None else tf.cast(reused, kernel.dtype)
+                      for reused in reused_kernels]
 
   @tf.custom_gradient
   def convolve(x: tf.Tensor, w: tf.Tensor):
     outputs = _plain_conv2d(x, w, stride)
 
     def gradient(dy: tf.Tensor):
-      dx = input_gradient(dy, w, stride, input_shape)
+      dx = input_gradient(dy, w, stride, input_shape, reused_kernels)
       dw = filter_gradient(x, dy, kernel_shape, stride)
       return dx, dw
 

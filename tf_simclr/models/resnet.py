@@ -13,7 +13,7 @@ swapped in at one place.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import ContextManager, Sequence
 
 import keras
 import tensorflow as tf
@@ -103,7 +103,7 @@ class FixedPaddingConv2D(keras.layers.Conv2D):
   def call(self, inputs):
     # tf.pad + conv (or 'same'), with a faster input gradient on CPU (fast_conv).
     return fast_conv.conv2d(tf.convert_to_tensor(inputs), tf.convert_to_tensor(self.kernel),
-                            self.strides[0])
+                            self.strides[0], kernel_variable=self.kernel)
 
   def compute_output_shape(self, input_shape):
     batch, height, width, _ = input_shape
@@ -116,6 +116,19 @@ class FixedPaddingConv2D(keras.layers.Conv2D):
       return None if size is None else (size + pad_total - kernel) // stride + 1
 
     return (batch, out(height), out(width), self.filters)
+
+
+def reusing_gradient_kernels(model: keras.layers.Layer) -> ContextManager[None]:
+  """`fast_conv.reusing_gradient_kernels` for every `FixedPaddingConv2D` of `model`.
+
+  Enter it where the weights are final for the step (before a loop over micro-batches):
+  their input-gradient kernels are computed there once, in each layer's compute dtype.
+  """
+  layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)  # pylint: disable=protected-access
+            if isinstance(layer, FixedPaddingConv2D)]
+  return fast_conv.reusing_gradient_kernels(
+      [(layer.kernel, tf.cast(layer.kernel, layer.compute_dtype), layer.strides[0])
+       for layer in layers])
 
 
 def _conv1x1(filters: int, name: str, use_bias: bool = False) -> keras.layers.Conv2D:
