@@ -106,6 +106,13 @@ def test_auto_measures_caches_and_reuses(tmp_path):
                                        batch=BATCH * 2, cache_path=cache_path, repeats=1,
                                        apply=False)
   assert other.measured_seconds > 0
+  # Gradient caching times ours with its input-gradient kernels reused: another key.
+  reused = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
+                                        batch=BATCH, cache_path=cache_path, repeats=1,
+                                        apply=False, reused_gradient_kernels=True)
+  assert reused.measured_seconds > 0 and set(reused.timings) == set(first.timings)
+  with open(cache_path) as cache_file:
+    assert any('/reused/conv ' in key for key in json.load(cache_file))
 
 
 def test_small_steps_and_short_runs_keep_ours_and_bad_mode_is_named(tmp_path):

@@ -93,12 +93,13 @@ def default_cache_path() -> str:
       os.path.expanduser('~'), '.cache', 'tf_simclr', 'cpu_kernels.json')
 
 
-def _cache_prefix(dtype: tf.DType, batch: int) -> str:
+def _cache_prefix(dtype: tf.DType, batch: int, reused_gradient_kernels: bool = False) -> str:
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
   cpu = cpu_description()
   identity = json.dumps([cpu['model'], cpu['flags'], tf.__version__,
                          bool(_pywrap_util_port.IsMklEnabled())])
-  return f'{hashlib.sha1(identity.encode()).hexdigest()[:16]}/{dtype.name}/b{batch}/'
+  reused = 'reused/' if reused_gradient_kernels else ''
+  return f'{hashlib.sha1(identity.encode()).hexdigest()[:16]}/{dtype.name}/b{batch}/{reused}'
 
 
 def _load_cache(path: str) -> dict[str, dict[str, float]]:
@@ -150,12 +151,21 @@ def _median_alternating(first: Callable[[], Any], second: Callable[[], Any],
 
 
 def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
-              batch: int, dtype: tf.DType = tf.float32, repeats: int = 3
-              ) -> tuple[float, float]:
-  """Seconds of forward + both gradients of one conv layer: (ours, stock)."""
+              batch: int, dtype: tf.DType = tf.float32, repeats: int = 3,
+              reused_gradient_kernels: bool = False) -> tuple[float, float]:
+  """Seconds of forward + both gradients of one conv layer: (ours, stock).
+
+  With `reused_gradient_kernels` (gradient caching: one set of input-gradient kernels
+  per step, reused by every micro-batch) ours is timed with them computed beforehand.
+  """
   generator = tf.random.Generator.from_seed(0)
   inputs = tf.cast(generator.normal([batch, *input_shape[1:]]), dtype)
   kernel = tf.cast(generator.normal(list(kernel_shape)) * 0.05, dtype)
+  reused = (fast_conv.gradient_kernels(kernel, stride) if reused_gradient_kernels
+            else None)
+
+  def ours(x: tf.Tensor, w: tf.Tensor, conv_stride: int) -> tf.Tensor:
+    return fast_conv.conv2d_with_fast_gradient(x, w, conv_stride, reused)
 
   def step_fn(convolve: Callable[..., tf.Tensor]) -> Callable[[], Any]:
     @tf.function
@@ -167,8 +177,7 @@ def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: i
 
     return lambda: [gradient.numpy() for gradient in step()]
 
-  return _median_alternating(step_fn(fast_conv.conv2d_with_fast_gradient),
-                             step_fn(fast_conv._plain_conv2d), repeats)  # pylint: disable=protected-access
+  return _median_alternating(step_fn(ours), step_fn(fast_conv._plain_conv2d), repeats)  # pylint: disable=protected-access
 
 
 def time_batch_norm(shape: Sequence[int], batch: int, dtype: tf.DType = tf.float32,
@@ -204,7 +213,8 @@ def time_batch_norm(shape: Sequence[int], batch: int, dtype: tf.DType = tf.float
 def choose_kernels(model: keras.Model, *, mode: str, image_size: int, batch: int,
                    dtype: tf.DType = tf.float32, cache_path: Optional[str] = None,
                    repeats: int = 3, apply: bool = True,
-                   total_steps: Optional[int] = None) -> KernelChoice:
+                   total_steps: Optional[int] = None,
+                   reused_gradient_kernels: bool = False) -> KernelChoice:
   """Decides ours vs stock per layer shape (see the module docstring); applies it.
 
   Args:
@@ -220,6 +230,8 @@ def choose_kernels(model: keras.Model, *, mode: str, image_size: int, batch: int
     apply: set the choices in fast_conv / fast_batch_norm.
     total_steps: the run's length; below MIN_STEPS_TO_MEASURE `auto` only uses timings
       already cached (else our kernels). None: measure whatever the length.
+    reused_gradient_kernels: the step reuses our input-gradient kernels across
+      micro-batches (gradient caching): ours is timed (and cached) that way.
 
   Returns:
     The KernelChoice.
@@ -235,7 +247,8 @@ def choose_kernels(model: keras.Model, *, mode: str, image_size: int, batch: int
                           f'batch {batch} at {image_size} px is too small to time')
   else:
     measure = total_steps is None or total_steps >= MIN_STEPS_TO_MEASURE
-    choice = _measure(model, image_size, batch, dtype, cache_path, repeats, measure)
+    choice = _measure(model, image_size, batch, dtype, cache_path, repeats, measure,
+                      reused_gradient_kernels)
     if choice is None:
       choice = KernelChoice(mode, {}, {}, True, {}, 0.0,
                             f'a run of {total_steps} steps is too short to pay for timing')
@@ -259,13 +272,15 @@ def _norm_name(shape: tuple[int, ...]) -> str:
 
 
 def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats: int,
-                  cache: dict[str, dict[str, float]], prefix: str) -> int:
+                  cache: dict[str, dict[str, float]], prefix: str,
+                  reused_gradient_kernels: bool = False) -> int:
   """Times the shapes the cache lacks (into `cache`); returns how many."""
   measured = 0
   for input_shape, kernel_shape, stride in convs:
     name = _conv_name(fast_conv.conv_key(input_shape, kernel_shape, stride))
     if prefix + name not in cache:
-      ours, stock = time_conv(input_shape, kernel_shape, stride, batch, dtype, repeats)
+      ours, stock = time_conv(input_shape, kernel_shape, stride, batch, dtype, repeats,
+                              reused_gradient_kernels)
       cache[prefix + name] = {'ours': ours, 'stock': stock}
       measured += 1
   for shape in norms:
@@ -278,13 +293,13 @@ def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats
 
 
 def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
-             cache_path: Optional[str], repeats: int, measure: bool = True
-             ) -> Optional[KernelChoice]:
+             cache_path: Optional[str], repeats: int, measure: bool = True,
+             reused_gradient_kernels: bool = False) -> Optional[KernelChoice]:
   """Timings (cached or new) -> choices; None when `measure` is False and some shape
   has no cached timing."""
   cache_path = default_cache_path() if cache_path is None else cache_path
   cache = _load_cache(cache_path) if cache_path else {}
-  prefix = _cache_prefix(dtype, batch)
+  prefix = _cache_prefix(dtype, batch, reused_gradient_kernels)
   convs, norms = layer_shapes(model, image_size)
   if not measure:
     names = ([_conv_name(fast_conv.conv_key(*conv)) for conv in convs] +
@@ -300,7 +315,8 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
   previous_level = logger.level
   logger.setLevel('ERROR')
   try:
-    measured = _time_missing(convs, norms, batch, dtype, repeats, cache, prefix)
+    measured = _time_missing(convs, norms, batch, dtype, repeats, cache, prefix,
+                             reused_gradient_kernels)
   finally:
     logger.setLevel(previous_level)
   for input_shape, kernel_shape, stride in convs:
@@ -325,12 +341,14 @@ def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
                    apply: bool = True, total_steps: Optional[int] = None) -> KernelChoice:
   """`choose_kernels` for a run's config (`tf_simclr.config.Config`): --cpu_kernels, the
   image size, the per-replica images per forward pass (micro-batch with gradient caching,
-  both views when pretraining) and the compute dtype."""
+  both views when pretraining; then our input-gradient kernels are reused across
+  micro-batches) and the compute dtype."""
   from tf_simclr import grad_cache  # pylint: disable=g-import-not-at-top
   from tf_simclr import precision  # pylint: disable=g-import-not-at-top
   train_config = config.train
   examples = train_config.train_batch_size // max(1, num_replicas)
-  if grad_cache.uses_grad_cache(config, num_replicas):
+  micro_batches = grad_cache.uses_grad_cache(config, num_replicas)
+  if micro_batches:
     examples = train_config.micro_batch_size
   views = 2 if train_config.train_mode == 'pretrain' else 1
   dtype, _ = precision.effective_mixed_precision(train_config.mixed_precision,
@@ -338,4 +356,5 @@ def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
   return choose_kernels(model, mode=train_config.cpu_kernels,
                         image_size=config.data.image_size, batch=views * examples,
                         dtype=tf.bfloat16 if dtype == 'bfloat16' else tf.float32,
-                        apply=apply, total_steps=total_steps)
+                        apply=apply, total_steps=total_steps,
+                        reused_gradient_kernels=micro_batches)
