@@ -17,12 +17,16 @@ come from --bench_large_batch / --bench_small_batch) plus --bench_* flags.
    caching does n - 1 extra micro-batch forward passes: 1.25x the plain step's FLOPs
    at n = 4 micro-batches, 1.33x at n = 64). With --bench_time_large_batch, each round
    also times the gradient-caching step at --bench_large_batch, compared per image
-   with the plain step at the small batch (the largest a small machine holds).
+   with the plain step at the small batch (the largest a small machine holds); with
+   --bench_plain_large_batch also with the plain step at the large batch, where it
+   fits (both then pay the same O(B^2) whole-batch loss).
 
 The last line is one JSON object: rss_mb_large, rss_mb_small, rss_ratio,
 step_seconds_large (its one step includes tracing), seconds_per_image_plain,
 seconds_per_image_cached, time_ratio (and with --bench_time_large_batch
-seconds_per_image_cached_large, time_ratio_large), the config, the load average.
+seconds_per_image_cached_large, time_ratio_large; with --bench_plain_large_batch
+seconds_per_image_plain_large, time_ratio_large_same_batch), the config, the load
+average.
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ absl_flags.DEFINE_bool('bench_time_large_batch', False,
                        '--bench_large_batch (one warm-up step, then --bench_steps steps, '
                        'each after a plain step at the small batch) and compare its time '
                        'per image with the plain step at the small batch.')
+absl_flags.DEFINE_bool('bench_plain_large_batch', False,
+                       'With --bench_time_large_batch: each round also times the plain '
+                       'step at --bench_large_batch (it must fit in memory: all its '
+                       'activations at once) and compares gradient caching with it at the '
+                       'same batch, where both pay the same whole-batch loss.')
 absl_flags.DEFINE_enum('bench_role', 'all', ['all', 'memory', 'time'],
                        'all: both parts; memory: one step at --train_batch_size in '
                        'this process (the subprocess of part 1); time: part 2 only.')
@@ -95,17 +104,23 @@ def time_plain_and_cached(config: config_lib.Config) -> dict[str, float]:
   plain_config = config_lib.replace(config, train={'micro_batch_size': 0})
   plain_step, _ = common.timed_step_fn(plain_config, strategy, FLAGS.bench_num_classes, 1)
   cached_step, _ = common.timed_step_fn(config, strategy, FLAGS.bench_num_classes, 1)
-  large_step = None
+  large_step = plain_large_step = None
   large_batch = FLAGS.bench_large_batch
   if FLAGS.bench_time_large_batch:
     large_config = config_lib.replace(config, train={'train_batch_size': large_batch})
     large_step, _ = common.timed_step_fn(large_config, strategy, FLAGS.bench_num_classes, 1)
-  plain, cached, large = [], [], []
+    if FLAGS.bench_plain_large_batch:
+      plain_large_step, _ = common.timed_step_fn(
+          config_lib.replace(large_config, train={'micro_batch_size': 0}), strategy,
+          FLAGS.bench_num_classes, 1)
+  plain, cached, large, plain_large = [], [], [], []
   for _ in range(FLAGS.bench_steps):
     plain += common.time_calls(plain_step, 1)
     cached += common.time_calls(cached_step, 1)
     if large_step is not None:
       large += common.time_calls(large_step, 1)
+    if plain_large_step is not None:
+      plain_large += common.time_calls(plain_large_step, 1)
   batch = config.train.train_batch_size
   result = {'round_time_ratios': [one / other for one, other in zip(cached, plain)],
             'seconds_per_image_plain': common.median(plain) / batch,
@@ -117,6 +132,12 @@ def time_plain_and_cached(config: config_lib.Config) -> dict[str, float]:
         'time_ratio_large': (common.median(large) / large_batch) / (common.median(plain) / batch),
         'round_time_ratios_large': [(one / large_batch) / (other / batch)
                                     for one, other in zip(large, plain)]})
+  if plain_large:
+    result.update({
+        'seconds_per_image_plain_large': common.median(plain_large) / large_batch,
+        'time_ratio_large_same_batch': common.median(large) / common.median(plain_large),
+        'round_time_ratios_large_same_batch': [
+            one / other for one, other in zip(large, plain_large)]})
   return result
 
 
@@ -159,6 +180,12 @@ def main(argv: list[str]) -> None:
           f"batch {FLAGS.bench_small_batch}: {result['time_ratio_large']:.2f}x "
           f"(target <= 1.4); per round: "
           + ', '.join(f'{ratio:.2f}' for ratio in result['round_time_ratios_large']),
+          flush=True)
+  if 'time_ratio_large_same_batch' in result:
+    print(f"per image, gradient caching vs plain step, both at batch "
+          f"{FLAGS.bench_large_batch}: {result['time_ratio_large_same_batch']:.2f}x "
+          f"(target <= 1.4); per round: "
+          + ', '.join(f'{ratio:.2f}' for ratio in result['round_time_ratios_large_same_batch']),
           flush=True)
   result.update({
       'config': {'resnet_depth': config.model.resnet_depth,
