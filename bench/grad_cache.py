@@ -171,22 +171,16 @@ def main(argv: list[str]) -> None:
           f"(micro-batch {config.train.micro_batch_size}): "
           f"{result['rss_ratio']:.2f}x (target <= 1.2)", flush=True)
   result.update(time_plain_and_cached(config))
-  print(f"per image, gradient caching vs plain step at batch {FLAGS.bench_small_batch} "
-        f"(alternating, median of {FLAGS.bench_steps}): {result['time_ratio']:.2f}x "
-        f"(target <= 1.4); per round: "
-        + ', '.join(f'{ratio:.2f}' for ratio in result['round_time_ratios']), flush=True)
-  if 'time_ratio_large' in result:
-    print(f"per image, gradient caching at batch {FLAGS.bench_large_batch} vs plain step at "
-          f"batch {FLAGS.bench_small_batch}: {result['time_ratio_large']:.2f}x "
-          f"(target <= 1.4); per round: "
-          + ', '.join(f'{ratio:.2f}' for ratio in result['round_time_ratios_large']),
-          flush=True)
-  if 'time_ratio_large_same_batch' in result:
-    print(f"per image, gradient caching vs plain step, both at batch "
-          f"{FLAGS.bench_large_batch}: {result['time_ratio_large_same_batch']:.2f}x "
-          f"(target <= 1.4); per round: "
-          + ', '.join(f'{ratio:.2f}' for ratio in result['round_time_ratios_large_same_batch']),
-          flush=True)
+  small, large = FLAGS.bench_small_batch, FLAGS.bench_large_batch
+  comparisons = [
+      ('', f'vs plain step at batch {small} (alternating, median of {FLAGS.bench_steps})'),
+      ('_large', f'at batch {large} vs plain step at batch {small}'),
+      ('_large_same_batch', f'vs plain step, both at batch {large}')]
+  for suffix, description in comparisons:
+    if f'time_ratio{suffix}' in result:
+      rounds = ', '.join(f'{ratio:.2f}' for ratio in result[f'round_time_ratios{suffix}'])
+      print(f"per image, gradient caching {description}: {result[f'time_ratio{suffix}']:.2f}x "
+            f'(target <= 1.4); per round: {rounds}', flush=True)
   result.update({
       'config': {'resnet_depth': config.model.resnet_depth,
                  'image_size': config.data.image_size,
