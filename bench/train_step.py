@@ -44,6 +44,7 @@ import tensorflow as tf
 from bench import common
 import flags as simclr_flags
 from tf_simclr import config as config_lib
+from tf_simclr import precision
 from tf_simclr import strategy as strategy_lib
 from tf_simclr.models import fast_batch_norm
 from tf_simclr.models import fast_conv
@@ -201,7 +202,10 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
                     common.best_matmul_flops_per_sec(matmul_sizes, tf.float32))
   matmul_bf16 = max(matmul_before[tf.bfloat16],
                     common.best_matmul_flops_per_sec(matmul_sizes, tf.bfloat16))
-  bf16 = config.train.mixed_precision == 'bfloat16'
+  # What ran: --mixed_precision=bfloat16 runs float32 where bf16 does not pay on this CPU.
+  compute_dtype, _ = precision.effective_mixed_precision(config.train.mixed_precision,
+                                                         config.train.force_bfloat16)
+  bf16 = compute_dtype == 'bfloat16'
   achieved = images_per_sec * model_flops_per_image
   return {
       'images_per_sec': images_per_sec,
@@ -227,6 +231,7 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
           'train_batch_size': global_batch,
           'train_mode': config.train.train_mode,
           'mixed_precision': config.train.mixed_precision,
+          'compute_dtype': compute_dtype,
           'jit_compile': config.train.jit_compile,
           'global_bn': config.model.global_bn,
           'fused_batch_norm': fast_batch_norm.fused_batch_norm_enabled(),

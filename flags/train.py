@@ -56,9 +56,10 @@ def define_flags(flag_values: absl_flags.FlagValues = absl_flags.FLAGS) -> None:
       flag_values=flag_values)
   absl_flags.DEFINE_bool(
       'force_bfloat16', False,
-      'Run --mixed_precision=bfloat16 even on a CPU without native bf16 '
-      '(avx512_bf16 or amx_bf16), where it is slower than float32 and by default '
-      'falls back to float32 with a note.', flag_values=flag_values)
+      'Run --mixed_precision=bfloat16 even where it does not pay on this CPU: no '
+      'native bf16 (avx512_bf16 or amx_bf16), or a bf16 convolution measured less '
+      'than 1.1x as fast as float32 (timed once per machine, cached). Such runs '
+      'otherwise fall back to float32 with a note.', flag_values=flag_values)
   absl_flags.DEFINE_enum(
       'cpu_kernels', 'auto', list(config_lib.CPU_KERNELS),
       'CPU only: per layer shape, our conv gradient and fused batch norm or stock '

@@ -1,4 +1,5 @@
-"""--mixed_precision=bfloat16 runs float32 on a CPU without native bf16 unless forced."""
+"""--mixed_precision=bfloat16 runs float32 on a CPU without native bf16, or where bf16
+was measured no faster than float32, unless forced."""
 
 import pathlib
 
@@ -19,12 +20,48 @@ AVX512_ONLY = AVX2_ONLY | {'avx512f', 'avx512bw', 'avx512vl'}
     (AVX512_BF16, 'bfloat16'), (AMX, 'bfloat16')])
 def test_bfloat16_only_where_the_cpu_has_it(cpu_flags, expected):
   dtype, note = precision.effective_mixed_precision('bfloat16', cpu_flags=cpu_flags,
-                                                    accelerator=False)
+                                                    accelerator=False, bfloat16_speedup=1.9)
   assert dtype == expected
   if expected == 'float32':
     assert '\n' not in note and 'no native bf16' in note and '--force_bfloat16' in note
   else:
     assert note is None
+
+
+@pytest.mark.parametrize('speedup, expected', [
+    (0.62, 'float32'), (1.05, 'float32'), (precision.MIN_BFLOAT16_SPEEDUP, 'bfloat16'),
+    (1.9, 'bfloat16')])
+def test_native_bfloat16_is_used_only_where_measured_faster(speedup, expected):
+  """avx512_bf16 without AMX measured 0.6x float32 on an Intel Xeon: float32 there."""
+  for cpu_flags in (AVX512_BF16, AMX):
+    dtype, note = precision.effective_mixed_precision(
+        'bfloat16', cpu_flags=cpu_flags, accelerator=False, bfloat16_speedup=speedup)
+    assert dtype == expected
+    if expected == 'float32':
+      assert '\n' not in note and f'measured {speedup:.2f}x' in note
+      assert '--force_bfloat16' in note
+    else:
+      assert note is None
+  assert precision.effective_mixed_precision(
+      'bfloat16', True, cpu_flags=AVX512_BF16, accelerator=False,
+      bfloat16_speedup=0.5) == ('bfloat16', None)
+
+
+def test_bfloat16_speedup_is_measured_once_and_cached(tmp_path: pathlib.Path):
+  """A real measurement on this CPU, then the cached value (not a new measurement)."""
+  import json  # pylint: disable=g-import-not-at-top
+  from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
+  cache_path = str(tmp_path / 'cache' / 'kernels.json')
+  speedup = kernel_choice.measured_bfloat16_speedup(cache_path, rounds=1)
+  assert 0.05 < speedup < 20
+  with open(cache_path) as cache_file:
+    cache = json.load(cache_file)
+  key = f'{kernel_choice.cpu_identity()}/bfloat16_speedup'
+  assert cache[key]['float32'] / cache[key]['bfloat16'] == pytest.approx(speedup)
+  cache[key] = {'float32': 3.0, 'bfloat16': 1.0}
+  with open(cache_path, 'w') as cache_file:
+    json.dump(cache, cache_file)
+  assert kernel_choice.measured_bfloat16_speedup(cache_path) == 3.0
 
 
 def test_forced_accelerator_and_float32_requests_are_kept():
@@ -48,18 +85,21 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path: pathlib.Path):
 
 
 def test_the_real_model_follows_this_cpu(capfd):
-  """The model that training builds: bf16 layers only where the CPU has native bf16."""
+  """The model that training builds: bf16 layers only where the CPU has native bf16
+  measured faster than float32."""
   from tf_simclr import models  # pylint: disable=g-import-not-at-top
   config = config_lib.Config(
       model=config_lib.ModelConfig(resnet_depth=18, proj_out_dim=8),
       data=config_lib.DataConfig(image_size=8),
       train=config_lib.TrainConfig(mixed_precision='bfloat16', model_dir='/unused',
                                    train_steps=1))
+  from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
   native = precision.cpu_has_native_bfloat16(precision.read_cpu_flags() or ())
-  kept = native or precision.accelerator_present()
+  kept = precision.accelerator_present() or (
+      native and kernel_choice.measured_bfloat16_speedup() >= precision.MIN_BFLOAT16_SPEEDUP)
   model = models.build_model_for(config, 10)
   assert model.encoder.compute_dtype == ('bfloat16' if kept else 'float32')
-  assert ('no native bf16' in capfd.readouterr().err) == (not kept)
+  assert ('running float32' in capfd.readouterr().err) == (not kept)
   forced = models.build_model_for(
       config_lib.replace(config, train={'force_bfloat16': True}), 10)
   assert forced.encoder.compute_dtype == 'bfloat16'

@@ -1,13 +1,16 @@
 """Whether --mixed_precision=bfloat16 pays on this machine's CPU.
 
-bfloat16 speeds a training step up only where the hardware computes in it natively.
-On x86 CPUs that means the `avx512_bf16` (AVX512-BF16 dot products) or `amx_bf16`
-(AMX tiles) instructions; elsewhere TensorFlow/oneDNN emulates bf16 through float32
-conversions and the step gets slower, not faster (measured on this project's AVX2-only
-machine, docs/speed.md). So a CPU-only run asking for bfloat16 on a CPU without those
-flags runs float32, with one line saying so, unless `--force_bfloat16` insists (for
-tests of the bf16 numerics). GPU/TPU runs are left alone: their bf16 support is not
-read from /proc/cpuinfo.
+bfloat16 speeds a training step up only where the hardware computes in it faster than
+in float32. On x86 CPUs that needs the `avx512_bf16` (AVX512-BF16 dot products) or
+`amx_bf16` (AMX tiles) instructions; elsewhere TensorFlow/oneDNN emulates bf16 through
+float32 conversions and the step gets slower, not faster (measured on an AVX2-only
+machine, docs/speed.md). Having the instructions is not enough either: an Intel Xeon
+with avx512_bf16 but no AMX ran bf16 convolutions and matmuls at 0.6x float32, in TF
+and PyTorch alike. So a CPU-only run asking for bfloat16 runs float32, with one line
+saying why, on a CPU without those flags or where a bf16 convolution was measured (once
+per machine, cached; `kernel_choice.measured_bfloat16_speedup`) less than
+MIN_BFLOAT16_SPEEDUP times as fast as float32, unless `--force_bfloat16` insists (for
+tests of the bf16 numerics). GPU/TPU runs are left alone.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import sys
 from typing import Iterable, Optional
 
 NATIVE_BFLOAT16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+# bf16 must beat float32 by this much on the measured convolution: at parity float32
+# is the better choice (same speed, more precision, no casts around BN and the loss).
+MIN_BFLOAT16_SPEEDUP = 1.1
 
 
 def read_cpu_flags(path: str = '/proc/cpuinfo') -> Optional[frozenset[str]]:
@@ -47,7 +53,8 @@ def accelerator_present() -> bool:
 
 def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
                               cpu_flags: Optional[Iterable[str]] = None,
-                              accelerator: Optional[bool] = None
+                              accelerator: Optional[bool] = None,
+                              bfloat16_speedup: Optional[float] = None
                               ) -> tuple[str, Optional[str]]:
   """The compute dtype to run, and a one-line note when it differs from `requested`.
 
@@ -56,6 +63,8 @@ def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
     force_bfloat16: --force_bfloat16: keep bfloat16 whatever the CPU.
     cpu_flags: the CPU's flags; None reads /proc/cpuinfo (unreadable: keep the request).
     accelerator: whether a GPU/TPU runs the model; None looks it up.
+    bfloat16_speedup: float32 time / bfloat16 time of a convolution on this CPU; None
+      measures it (or reads it cached) where the CPU has native bf16.
 
   Returns:
     ('float32' or 'bfloat16', note or None).
@@ -70,11 +79,19 @@ def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
     cpu_flags = read_cpu_flags()
     if cpu_flags is None:
       return requested, None
-  if cpu_has_native_bfloat16(cpu_flags):
+  if not cpu_has_native_bfloat16(cpu_flags):
+    return 'float32', ('--mixed_precision=bfloat16: this CPU has no native bf16 '
+                       f'({" or ".join(NATIVE_BFLOAT16_CPU_FLAGS)} not in /proc/cpuinfo), '
+                       'where bf16 is slower than float32; running float32 (add '
+                       '--force_bfloat16 to run bfloat16 anyway).')
+  if bfloat16_speedup is None:
+    from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
+    bfloat16_speedup = kernel_choice.measured_bfloat16_speedup()
+  if bfloat16_speedup >= MIN_BFLOAT16_SPEEDUP:
     return requested, None
-  return 'float32', ('--mixed_precision=bfloat16: this CPU has no native bf16 '
-                     f'({" or ".join(NATIVE_BFLOAT16_CPU_FLAGS)} not in /proc/cpuinfo), '
-                     'where bf16 is slower than float32; running float32 (add '
+  return 'float32', ('--mixed_precision=bfloat16: on this CPU a bf16 convolution '
+                     f'measured {bfloat16_speedup:.2f}x the speed of float32 (needs '
+                     f'{MIN_BFLOAT16_SPEEDUP}x to pay); running float32 (add '
                      '--force_bfloat16 to run bfloat16 anyway).')
 
 

@@ -93,13 +93,60 @@ def default_cache_path() -> str:
       os.path.expanduser('~'), '.cache', 'tf_simclr', 'cpu_kernels.json')
 
 
-def _cache_prefix(dtype: tf.DType, batch: int, reused_gradient_kernels: bool = False) -> str:
+def cpu_identity() -> str:
+  """A short hash of what kernel speed depends on besides the shape: the CPU's model
+  and flags, the TensorFlow version and whether oneDNN is on."""
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
   cpu = cpu_description()
   identity = json.dumps([cpu['model'], cpu['flags'], tf.__version__,
                          bool(_pywrap_util_port.IsMklEnabled())])
+  return hashlib.sha1(identity.encode()).hexdigest()[:16]
+
+
+def _cache_prefix(dtype: tf.DType, batch: int, reused_gradient_kernels: bool = False) -> str:
   reused = 'reused/' if reused_gradient_kernels else ''
-  return f'{hashlib.sha1(identity.encode()).hexdigest()[:16]}/{dtype.name}/b{batch}/{reused}'
+  return f'{cpu_identity()}/{dtype.name}/b{batch}/{reused}'
+
+
+def measured_bfloat16_speedup(cache_path: Optional[str] = None, rounds: int = 5) -> float:
+  """float32 time / bfloat16 time of a ResNet-sized 3x3 convolution's forward and
+  backward pass (64 x 16 x 16 x 128 -> 128 channels, TF's kernels) on this CPU.
+
+  The two dtypes alternate call by call after a warm-up, `rounds` calls each, median
+  (about a second). Cached like the kernel timings (`cache_path`: None the default
+  file, '' none). Above 1 bfloat16 is faster. CPUs with avx512_bf16 but no AMX can
+  measure below 1: their bf16 dot product does as many multiply-adds per cycle as
+  float32 FMAs, plus conversions (docs/speed.md).
+  """
+  cache_path = default_cache_path() if cache_path is None else cache_path
+  cache = _load_cache(cache_path) if cache_path else {}
+  key = f'{cpu_identity()}/bfloat16_speedup'
+  if key not in cache:
+    steps = {}
+    for dtype in (tf.float32, tf.bfloat16):
+      images = tf.cast(tf.random.stateless_normal([64, 16, 16, 128], seed=[1, 2]), dtype)
+      kernel = tf.cast(tf.random.stateless_normal([3, 3, 128, 128], seed=[3, 4]) * 0.05,
+                       dtype)
+
+      @tf.function
+      def step(images: tf.Tensor = images, kernel: tf.Tensor = kernel) -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+          tape.watch([images, kernel])
+          loss = tf.reduce_sum(tf.cast(tf.nn.conv2d(images, kernel, 1, 'SAME'), tf.float32))
+        return tape.gradient(loss, [images, kernel])
+
+      steps[dtype.name] = step
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(rounds + 1):
+      for name, step in steps.items():
+        start = time.perf_counter()
+        step()
+        if round_index:  # The first round traces and warms up.
+          seconds[name].append(time.perf_counter() - start)
+    cache[key] = {name: statistics.median(values) for name, values in seconds.items()}
+    if cache_path:
+      _save_cache(cache_path, cache)
+  return cache[key]['float32'] / cache[key]['bfloat16']
 
 
 def _load_cache(path: str) -> dict[str, dict[str, float]]:
