@@ -86,6 +86,27 @@ def test_gradients_equal_numpy_reference_float32(height, width, kernel_size, str
                                err_msg=name)
 
 
+@pytest.mark.parametrize('height,width,kernel_size,stride',
+                         [case for case in CASES if case[3] > 1])
+def test_pre_padded_kernel_gradient_equals_numpy_reference(height, width, kernel_size,
+                                                           stride):
+  """Our path with oneDNN's kernel gradient on the pre-padded input (stride > 1; 1x1
+  kernels keep the explicit padding, see fast_conv)."""
+  generator = tf.random.Generator.from_seed(kernel_size * 100 + height * 10 + stride + 1)
+  inputs = generator.normal([3, height, width, 5])
+  kernel = generator.normal([kernel_size, kernel_size, 5, 4])
+  upstream = generator.normal(_reference(inputs, kernel, stride).shape)
+  expected = _numpy_reference(inputs, kernel, stride, upstream)
+
+  def padded(x, w, conv_stride):
+    return fast_conv.conv2d_with_fast_gradient(x, w, conv_stride, None, True)
+
+  got = tf.function(lambda x, w: _gradients(padded, x, w, stride, upstream))(inputs, kernel)
+  for name, value, reference in zip(('outputs', 'd_inputs', 'd_kernel'), got, expected):
+    np.testing.assert_allclose(value.numpy(), reference, rtol=1e-5, atol=1e-4,
+                               err_msg=name)
+
+
 @pytest.mark.parametrize('kernel_size,stride', [(3, 1), (3, 2), (1, 2)])
 def test_gradients_equal_tf_gradients_bfloat16(kernel_size, stride):
   generator = tf.random.Generator.from_seed(7)

@@ -26,6 +26,7 @@ BATCH = 128  # 128 x 16 x 16 pixels: enough for `auto` to measure.
 def _restore_choices():
   yield
   fast_conv.set_gradient_choices({}, True)
+  fast_conv.set_padded_filter_gradient_choices({})
   fast_batch_norm.set_fused_choices({}, True)
 
 
@@ -55,13 +56,31 @@ def _gradient_op_types(model: keras.Model) -> list[str]:
   return types
 
 
+def _filter_gradient_paddings(model: keras.Model) -> list[str]:
+  """The `padding` of every Conv2DBackpropFilter in the traced gradient of `model`."""
+  def gradient(images):
+    with tf.GradientTape() as tape:
+      tape.watch(images)
+      loss = tf.reduce_sum(tf.square(model(images, training=True)))
+    return tape.gradient(loss, model.trainable_variables)
+
+  graph = tf.function(gradient).get_concrete_function(
+      tf.TensorSpec([4, IMAGE_SIZE, IMAGE_SIZE, 3])).graph
+  nodes = [op.node_def for op in graph.get_operations()]
+  for function in graph._functions.values():  # pylint: disable=protected-access
+    nodes += list(function.definition.node_def)
+  return sorted(node.attr['padding'].s.decode() for node in nodes
+                if node.op == 'Conv2DBackpropFilter')
+
+
 def test_cached_timings_decide_each_shape(tmp_path):
   model = _model()
   cache_path = str(tmp_path / 'kernels.json')
   prefix = kernel_choice._cache_prefix(tf.float32, BATCH)  # pylint: disable=protected-access
-  # First conv and first BN: ours faster; second conv and BN: stock faster.
+  # First conv and first BN: ours faster; second conv and BN: stock faster (than both
+  # of our stride-2 kernel gradients).
   timings = {'conv 16x16x3x3x3x8x1': {'ours': 1.0, 'stock': 2.0},
-             'conv 16x16x8x3x3x4x2': {'ours': 2.0, 'stock': 1.0},
+             'conv 16x16x8x3x3x4x2': {'ours': 2.0, 'stock': 1.0, 'ours_padded': 3.0},
              'bn 16x16x8': {'ours': 1.0, 'stock': 2.0},
              'bn 8x8x4': {'ours': 2.0, 'stock': 1.0}}
   with open(cache_path, 'w') as cache_file:
@@ -78,6 +97,29 @@ def test_cached_timings_decide_each_shape(tmp_path):
   short_run = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
                                            batch=BATCH, cache_path=cache_path, total_steps=10)
   assert short_run.conv_choices == choice.conv_choices  # Cached timings serve short runs.
+  # Stock at stride 2: TF's gradient of pad + VALID (and its Conv2DBackpropInput).
+  assert _filter_gradient_paddings(model) == ['SAME', 'VALID']
+
+  # Ours with the pre-padded kernel gradient beats stock and ours with explicit padding:
+  # the stride-2 conv takes our path with oneDNN's VALID kernel gradient.
+  timings['conv 16x16x8x3x3x4x2'] = {'ours': 2.0, 'stock': 1.5, 'ours_padded': 1.0}
+  with open(cache_path, 'w') as cache_file:
+    json.dump({prefix + name: value for name, value in timings.items()}, cache_file)
+  padded = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
+                                        batch=BATCH, cache_path=cache_path)
+  assert padded.conv_choices[(16, 16, 8, 3, 3, 4, 2)]
+  assert padded.padded_filter_choices == {(16, 16, 8, 3, 3, 4, 2): True}
+  assert 'pre-padded stride-2 kernel gradient on 1' in padded.summary()
+  assert _filter_gradient_paddings(model) == ['SAME', 'VALID']
+  assert _gradient_op_types(model).count('Conv2DBackpropInput') == 0
+  # A cache written before the pre-padded variant existed lacks its timing: a short
+  # run does not use it (our kernels everywhere), a long one would time it.
+  del timings['conv 16x16x8x3x3x4x2']['ours_padded']
+  with open(cache_path, 'w') as cache_file:
+    json.dump({prefix + name: value for name, value in timings.items()}, cache_file)
+  old_cache = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
+                                           batch=BATCH, cache_path=cache_path, total_steps=10)
+  assert not old_cache.conv_choices and 'too short' in old_cache.reason
 
   for mode, backprop_inputs, fused in (('stock', 2, 0), ('ours', 0, 2)):
     kernel_choice.choose_kernels(model, mode=mode, image_size=IMAGE_SIZE, batch=BATCH,
@@ -85,6 +127,7 @@ def test_cached_timings_decide_each_shape(tmp_path):
     types = _gradient_op_types(model)
     assert (types.count('Conv2DBackpropInput'), types.count('FusedBatchNormV3')) == (
         backprop_inputs, fused), mode
+  assert _filter_gradient_paddings(model) == ['EXPLICIT', 'SAME']  # 'ours' everywhere.
 
 
 def test_auto_measures_caches_and_reuses(tmp_path):
@@ -94,10 +137,17 @@ def test_auto_measures_caches_and_reuses(tmp_path):
                                        batch=BATCH, cache_path=cache_path, repeats=1)
   assert first.measured_seconds > 0 and len(first.timings) == 4
   assert all(value['ours'] > 0 and value['stock'] > 0 for value in first.timings.values())
+  # Only the stride-2 3x3 conv has the pre-padded kernel gradient to time.
+  assert [name for name, value in first.timings.items() if 'ours_padded' in value] == [
+      'conv 16x16x8x3x3x4x2']
   for name, value in first.timings.items():  # The faster side was chosen.
     key = tuple(int(size) for size in name.split()[1].split('x'))
     chosen = first.conv_choices.get(key, first.batch_norm_choices.get(key))
-    assert chosen == (value['ours'] <= value['stock']), name
+    ours = min(value['ours'], value.get('ours_padded', value['ours']))
+    assert chosen == (ours <= value['stock']), name
+  assert first.padded_filter_choices == {(16, 16, 8, 3, 3, 4, 2): (
+      first.timings['conv 16x16x8x3x3x4x2']['ours_padded'] <
+      first.timings['conv 16x16x8x3x3x4x2']['ours'])}
   second = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
                                         batch=BATCH, cache_path=cache_path)
   assert second.measured_seconds == 0 and second.timings == first.timings

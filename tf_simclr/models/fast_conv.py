@@ -15,7 +15,10 @@ gradient with the spatially flipped, in/out-transposed kernel:
 `conv2d` computes the same forward ops as the plain convolution and registers this
 gradient with `tf.custom_gradient`; the kernel gradient is TensorFlow's
 `Conv2DBackpropFilter`, except at stride 1 on maps of at most 4 x 4 pixels, where a
-forward convolution over the batch computes it (up to 4x faster there). Where it does not pay off (GPU/TPU present, or switched off
+forward convolution over the batch computes it (up to 4x faster there). At stride 2 it
+takes the explicit padding (TF's own kernel) or, where `kernel_choice` measured it
+faster for the shape, oneDNN's kernel on the pre-padded input (1.0-3.0x faster on an
+AVX-512 Xeon, 0.74-1.18x on an AVX2 EPYC). Where it does not pay off (GPU/TPU present, or switched off
 with `set_fast_conv_gradient_enabled(False)`) or cannot apply (spatial size unknown
 at trace time with stride > 1), `conv2d` is the plain convolution with TF's gradient.
 """
@@ -44,6 +47,12 @@ _reused_gradient_kernels: Optional[dict[int, tuple[object, list[Optional[tf.Tens
 # (True) or TensorFlow's (False); while recording, conv2d records (input shape, kernel
 # shape, stride) of each call.
 _choices = shape_choices.ShapeChoices()
+# conv_key -> kernel gradient of a stride > 1 conv with kernel > 1 x 1 by oneDNN on the
+# pre-padded input (True) or TF's kernel with explicit padding (False, the default).
+# Never for 1 x 1 kernels: TF's oneDNN kernel gradient of a 1x1 stride-2 VALID conv was
+# measured wrong for some channel counts (docs/speed.md).
+_padded_filter_choices = shape_choices.ShapeChoices()
+_padded_filter_choices.set({}, default=False)
 
 
 def conv_key(input_shape: Sequence[Optional[int]], kernel_shape: Sequence[int],
@@ -65,6 +74,25 @@ def set_gradient_choices(choices: Mapping[tuple[int, ...], bool],
 def gradient_choices() -> tuple[dict[tuple[int, ...], bool], bool]:
   """(per-shape choices, default) currently set."""
   return _choices.get()
+
+
+def set_padded_filter_gradient_choices(choices: Mapping[tuple[int, ...], bool]) -> None:
+  """Per-shape choice of the stride > 1 kernel gradient on our path: oneDNN's on the
+  pre-padded input (True) or TF's with explicit padding (False; unlisted shapes).
+
+  Read when a layer is called (traced), so set it before building the step function.
+  """
+  _padded_filter_choices.set(choices, default=False)
+
+
+def padded_filter_gradient_choices() -> dict[tuple[int, ...], bool]:
+  """The per-shape choices currently set (see `set_padded_filter_gradient_choices`)."""
+  return _padded_filter_choices.get()[0]
+
+
+def padded_filter_gradient_applies(kernel_shape: Sequence[int], stride: int) -> bool:
+  """Whether the pre-padded kernel gradient is an option: stride > 1, kernel > 1 x 1."""
+  return stride > 1 and (kernel_shape[0] > 1 or kernel_shape[1] > 1)
 
 
 def recording_shapes(
@@ -265,12 +293,14 @@ def input_gradient(output_gradient: tf.Tensor, kernel: tf.Tensor, stride: int,
 
 
 def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape: Sequence[int],
-                    stride: int) -> tf.Tensor:
+                    stride: int, padded: bool = False) -> tf.Tensor:
   """d loss / d kernel of `_plain_conv2d`.
 
   Stride 1 on maps of at most SMALL_MAP_PIXELS pixels: a forward convolution over the
   batch (inputs as [C_in, H, W, B] images, dy as a [H, W, B, C_out] kernel), up to 4x
-  faster there than Conv2DBackpropFilter. Elsewhere TensorFlow's Conv2DBackpropFilter.
+  faster there than Conv2DBackpropFilter. Elsewhere TensorFlow's Conv2DBackpropFilter;
+  at stride > 1 with explicit padding, or with `padded` (and a kernel > 1 x 1) on the
+  padded input with 'VALID', which oneDNN computes.
   """
   height, width = inputs.shape[1], inputs.shape[2]
   if (stride == 1 and height is not None and width is not None and
@@ -286,6 +316,11 @@ def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape:
         input=inputs, filter_sizes=tf.constant(list(kernel_shape), tf.int32),
         out_backprop=output_gradient, strides=[1, 1, 1, 1], padding='SAME')
   (top, bottom), (left, right) = _paddings(kernel_shape[:2], stride)
+  if padded and padded_filter_gradient_applies(kernel_shape, stride):
+    return tf.raw_ops.Conv2DBackpropFilter(
+        input=tf.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]]),
+        filter_sizes=tf.constant(list(kernel_shape), tf.int32),
+        out_backprop=output_gradient, strides=[1, stride, stride, 1], padding='VALID')
   return tf.raw_ops.Conv2DBackpropFilter(
       input=inputs, filter_sizes=tf.constant(list(kernel_shape), tf.int32),
       out_backprop=output_gradient, strides=[1, stride, stride, 1], padding='EXPLICIT',
@@ -316,12 +351,16 @@ def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
 
 
 def conv2d_with_fast_gradient(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
-                              reused_kernels: Optional[Sequence[Optional[tf.Tensor]]] = None
-                              ) -> tf.Tensor:
+                              reused_kernels: Optional[Sequence[Optional[tf.Tensor]]] = None,
+                              padded_filter_gradient: Optional[bool] = None) -> tf.Tensor:
   """`conv2d` with our gradient, whatever the choices (stride > 1: static H, W);
-  `reused_kernels` as in `input_gradient`."""
+  `reused_kernels` as in `input_gradient`; `padded_filter_gradient` as `padded` in
+  `filter_gradient` (None: this shape's choice, `set_padded_filter_gradient_choices`)."""
   input_shape = inputs.shape.as_list()
   kernel_shape = kernel.shape.as_list()
+  if padded_filter_gradient is None:
+    padded_filter_gradient = _padded_filter_choices.ours(
+        conv_key(input_shape, kernel_shape, stride))
   if reused_kernels is not None and any(
       reused is not None and reused.dtype != kernel.dtype for reused in reused_kernels):
     reused_kernels = [None if reused is None else tf.cast(reused, kernel.dtype)
@@ -333,7 +372,7 @@ def conv2d_with_fast_gradient(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
 
     def gradient(dy: tf.Tensor):
       dx = input_gradient(dy, w, stride, input_shape, reused_kernels)
-      dw = filter_gradient(x, dy, kernel_shape, stride)
+      dw = filter_gradient(x, dy, kernel_shape, stride, padded_filter_gradient)
       return dx, dw
 
     return outputs, gradient

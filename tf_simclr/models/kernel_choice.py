@@ -11,7 +11,10 @@ per layer shape at start-up from timings on this CPU:
    forward + backward of our path and of the stock one are timed, alternating call by
    call (`repeats` each, median), in the run's compute dtype;
 3. a shape gets our path where it was faster, else the stock one (`fast_conv.
-   set_gradient_choices`, `fast_batch_norm.set_fused_choices`).
+   set_gradient_choices`, `fast_batch_norm.set_fused_choices`). Our path of a stride-2
+   conv with a kernel > 1 x 1 is timed with both of its kernel gradients (explicit
+   padding, or oneDNN's on the pre-padded input) and takes the faster
+   (`fast_conv.set_padded_filter_gradient_choices`).
 
 Timings are cached in a JSON file keyed by the CPU (model name and flags from
 /proc/cpuinfo), the TensorFlow version, oneDNN on/off, the dtype, the batch and the
@@ -60,6 +63,8 @@ class KernelChoice:
   timings: dict[str, dict[str, float]]            # shape name -> {'ours', 'stock'} seconds
   measured_seconds: float                         # spent measuring (0: cached / none)
   reason: str
+  # conv_key -> our path's stride-2 kernel gradient on the pre-padded input (oneDNN).
+  padded_filter_choices: dict[tuple[int, ...], bool] = dataclasses.field(default_factory=dict)
 
   def summary(self) -> str:
     """One line: how many shapes take our path, per kind."""
@@ -67,9 +72,11 @@ class KernelChoice:
     norm = sum(self.batch_norm_choices.values())
     if not self.conv_choices and not self.batch_norm_choices:
       return f'cpu kernels: {"ours" if self.default else "stock"} everywhere ({self.reason}).'
+    padded = sum(self.padded_filter_choices.values())
+    padded_text = (f' (pre-padded stride-2 kernel gradient on {padded})' if padded else '')
     return (f'cpu kernels ({self.mode}): our conv gradient on {conv}/{len(self.conv_choices)} '
-            f'conv shapes, fused BN on {norm}/{len(self.batch_norm_choices)} BN shapes '
-            f'({self.reason}).')
+            f'conv shapes{padded_text}, fused BN on {norm}/{len(self.batch_norm_choices)} '
+            f'BN shapes ({self.reason}).')
 
 
 def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> dict[str, Any]:
@@ -181,26 +188,25 @@ def layer_shapes(model: keras.Model, image_size: int) -> tuple[list[tuple[tuple[
   return list(dict.fromkeys(convs)), list(dict.fromkeys(norms))
 
 
-def _median_alternating(first: Callable[[], Any], second: Callable[[], Any],
-                        repeats: int) -> tuple[float, float]:
-  """Median seconds of `first` and `second`, called alternately (after one warm-up)."""
-  first()
-  second()
-  times_first, times_second = [], []
+def _median_alternating(*functions: Callable[[], Any], repeats: int) -> tuple[float, ...]:
+  """Median seconds of each of `functions`, called in turn (after one warm-up each)."""
+  for function in functions:
+    function()
+  times: list[list[float]] = [[] for _ in functions]
   for _ in range(repeats):
-    start = time.perf_counter()
-    first()
-    times_first.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    second()
-    times_second.append(time.perf_counter() - start)
-  return statistics.median(times_first), statistics.median(times_second)
+    for function, function_times in zip(functions, times):
+      start = time.perf_counter()
+      function()
+      function_times.append(time.perf_counter() - start)
+  return tuple(statistics.median(function_times) for function_times in times)
 
 
 def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
               batch: int, dtype: tf.DType = tf.float32, repeats: int = 3,
-              reused_gradient_kernels: bool = False) -> tuple[float, float]:
-  """Seconds of forward + both gradients of one conv layer: (ours, stock).
+              reused_gradient_kernels: bool = False) -> dict[str, float]:
+  """Seconds of forward + both gradients of one conv layer: {'ours', 'stock'}, and
+  'ours_padded' (our path with the pre-padded kernel gradient) where that applies
+  (`fast_conv.padded_filter_gradient_applies`).
 
   With `reused_gradient_kernels` (gradient caching: one set of input-gradient kernels
   per step, reused by every micro-batch) ours is timed with them computed beforehand.
@@ -212,7 +218,10 @@ def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: i
             else None)
 
   def ours(x: tf.Tensor, w: tf.Tensor, conv_stride: int) -> tf.Tensor:
-    return fast_conv.conv2d_with_fast_gradient(x, w, conv_stride, reused)
+    return fast_conv.conv2d_with_fast_gradient(x, w, conv_stride, reused, False)
+
+  def ours_padded(x: tf.Tensor, w: tf.Tensor, conv_stride: int) -> tf.Tensor:
+    return fast_conv.conv2d_with_fast_gradient(x, w, conv_stride, reused, True)
 
   def step_fn(convolve: Callable[..., tf.Tensor]) -> Callable[[], Any]:
     @tf.function
@@ -224,7 +233,12 @@ def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: i
 
     return lambda: [gradient.numpy() for gradient in step()]
 
-  return _median_alternating(step_fn(ours), step_fn(fast_conv._plain_conv2d), repeats)  # pylint: disable=protected-access
+  sides = {'ours': ours, 'stock': fast_conv._plain_conv2d}  # pylint: disable=protected-access
+  if fast_conv.padded_filter_gradient_applies(kernel_shape, stride):
+    sides['ours_padded'] = ours_padded
+  seconds = _median_alternating(*(step_fn(side) for side in sides.values()),
+                                repeats=repeats)
+  return dict(zip(sides, seconds))
 
 
 def time_batch_norm(shape: Sequence[int], batch: int, dtype: tf.DType = tf.float32,
@@ -252,7 +266,7 @@ def time_batch_norm(shape: Sequence[int], batch: int, dtype: tf.DType = tf.float
   previous = fast_batch_norm.fused_choices()
   fast_batch_norm.set_fused_choices({}, default=True)  # This layer: the fused path.
   try:
-    return _median_alternating(step_fn(fused), step_fn(stock), repeats)
+    return _median_alternating(step_fn(fused), step_fn(stock), repeats=repeats)
   finally:
     fast_batch_norm.set_fused_choices(*previous)
 
@@ -307,6 +321,7 @@ def choose_kernels(model: keras.Model, *, mode: str, image_size: int, batch: int
 def apply_choice(choice: KernelChoice) -> None:
   """Sets `choice` in fast_conv / fast_batch_norm (read when the step is traced)."""
   fast_conv.set_gradient_choices(choice.conv_choices, choice.default)
+  fast_conv.set_padded_filter_gradient_choices(choice.padded_filter_choices)
   fast_batch_norm.set_fused_choices(choice.batch_norm_choices, choice.default)
 
 
@@ -318,6 +333,13 @@ def _norm_name(shape: tuple[int, ...]) -> str:
   return 'bn ' + 'x'.join(str(size) for size in shape)
 
 
+def _conv_timed(cache: dict[str, dict[str, float]], key: str,
+                kernel_shape: Sequence[int], stride: int) -> bool:
+  """Whether the cache holds every timing `time_conv` takes for this conv."""
+  return key in cache and ('ours_padded' in cache[key] or
+                           not fast_conv.padded_filter_gradient_applies(kernel_shape, stride))
+
+
 def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats: int,
                   cache: dict[str, dict[str, float]], prefix: str,
                   reused_gradient_kernels: bool = False) -> int:
@@ -325,15 +347,14 @@ def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats
   measured = 0
   for input_shape, kernel_shape, stride in convs:
     name = _conv_name(fast_conv.conv_key(input_shape, kernel_shape, stride))
-    if prefix + name not in cache:
-      ours, stock = time_conv(input_shape, kernel_shape, stride, batch, dtype, repeats,
-                              reused_gradient_kernels)
-      cache[prefix + name] = {'ours': ours, 'stock': stock}
+    if not _conv_timed(cache, prefix + name, kernel_shape, stride):
+      cache[prefix + name] = time_conv(input_shape, kernel_shape, stride, batch, dtype,
+                                       repeats, reused_gradient_kernels)
       measured += 1
   for shape in norms:
     name = _norm_name(shape)
     if prefix + name not in cache:
-      ours, stock = time_batch_norm(shape, batch, dtype, repeats)
+      ours, stock = time_batch_norm(shape, batch, dtype, repeats)  # pylint: disable=unbalanced-tuple-unpacking
       cache[prefix + name] = {'ours': ours, 'stock': stock}
       measured += 1
   return measured
@@ -349,12 +370,13 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
   prefix = _cache_prefix(dtype, batch, reused_gradient_kernels)
   convs, norms = layer_shapes(model, image_size)
   if not measure:
-    names = ([_conv_name(fast_conv.conv_key(*conv)) for conv in convs] +
-             [_norm_name(shape) for shape in norms])
-    if any(prefix + name not in cache for name in names):
+    if (any(not _conv_timed(cache, prefix + _conv_name(fast_conv.conv_key(*conv)), conv[1],
+                            conv[2]) for conv in convs) or
+        any(prefix + _norm_name(shape) not in cache for shape in norms)):
       return None
   timings: dict[str, dict[str, float]] = {}
   conv_choices: dict[tuple[int, ...], bool] = {}
+  padded_choices: dict[tuple[int, ...], bool] = {}
   norm_choices: dict[tuple[int, ...], bool] = {}
   start = time.perf_counter()
   # One small tf.function per shape and side: TF's retracing warning is expected here.
@@ -370,7 +392,10 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
     key = fast_conv.conv_key(input_shape, kernel_shape, stride)
     name = _conv_name(key)
     timings[name] = cache[prefix + name]
-    conv_choices[key] = timings[name]['ours'] <= timings[name]['stock']
+    ours = min(timings[name]['ours'], timings[name].get('ours_padded', float('inf')))
+    conv_choices[key] = ours <= timings[name]['stock']
+    if 'ours_padded' in timings[name]:
+      padded_choices[key] = timings[name]['ours_padded'] < timings[name]['ours']
   for shape in norms:
     name = _norm_name(shape)
     timings[name] = cache[prefix + name]
@@ -381,7 +406,7 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
   reason = (f'measured {measured} shapes in {seconds:.0f} s' if measured else
             f'timings cached in {cache_path}')
   return KernelChoice('auto', conv_choices, norm_choices, True, timings,
-                      seconds if measured else 0.0, reason)
+                      seconds if measured else 0.0, reason, padded_choices)
 
 
 def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
