@@ -67,7 +67,8 @@ def _gradients(function, inputs, kernel, stride, upstream):
 CASES = [(8, 8, 3, 1), (5, 7, 3, 1), (1, 1, 3, 1), (6, 6, 1, 1), (8, 8, 3, 2), (7, 9, 3, 2),
          (8, 8, 1, 2), (5, 5, 1, 2), (2, 2, 3, 2), (1, 1, 3, 2), (12, 11, 7, 2), (9, 9, 5, 3),
          (6, 5, 2, 1), (7, 6, 4, 2),  # Even kernels: asymmetric padding.
-         (4, 4, 3, 1), (2, 2, 3, 1), (1, 1, 1, 1), (2, 3, 2, 1)]  # Small-map kernel gradient.
+         (4, 4, 3, 1), (2, 2, 3, 1), (1, 1, 1, 1), (2, 3, 2, 1),  # Small-map kernel gradient.
+         (2, 1, 7, 2), (1, 2, 4, 2), (2, 2, 2, 2), (1, 1, 4, 1)]  # One-pixel outputs.
 
 
 @pytest.mark.parametrize('height,width,kernel_size,stride', CASES)
@@ -137,6 +138,29 @@ def _gradient_op_types(spec, stride):
   for function in graph._functions.values():  # pylint: disable=protected-access
     types |= {node.op for node in function.definition.node_def}
   return types
+
+
+@pytest.mark.parametrize('height,width,kernel_size,stride',
+                         [(1, 1, 3, 1), (1, 1, 1, 1), (2, 2, 3, 2), (2, 2, 1, 2), (2, 1, 7, 2)])
+def test_one_pixel_outputs_are_one_matmul(height, width, kernel_size, stride):
+  """The last ResNet stage at 32 px: no convolution op left, forward or backward."""
+  kernel = tf.ones([kernel_size, kernel_size, 3, 2])
+  assert fast_conv.output_is_one_pixel([4, height, width, 3], stride)
+
+  def gradient(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(fast_conv.conv2d(x, kernel, stride))
+    return tape.gradient(loss, x)
+
+  graph = tf.function(gradient).get_concrete_function(
+      tf.TensorSpec([4, height, width, 3])).graph
+  types = {op.type for op in graph.get_operations()}
+  for function in graph._functions.values():  # pylint: disable=protected-access
+    types |= {node.op for node in function.definition.node_def}
+  assert 'MatMul' in types and not any(op.startswith('Conv2D') for op in types), types
+  assert not fast_conv.output_is_one_pixel([4, 3, 2, 3], 2)
+  assert not fast_conv.output_is_one_pixel([4, 2, 2, 3], 1)
 
 
 @pytest.mark.parametrize('stride', [1, 2])

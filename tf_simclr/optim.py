@@ -125,8 +125,9 @@ class LARS(keras.optimizers.Optimizer):
 
     scaled_learning_rate = learning_rate
     if self._adaptation_flags[index]:
-      weight_norm = tf.norm(parameter, ord=2)
-      gradient_norm = tf.norm(gradient, ord=2)
+      # ||x|| = sqrt(2 * l2_loss(x)): one fused pass over x (tf.norm takes three ops).
+      weight_norm = tf.sqrt(2 * tf.nn.l2_loss(parameter))
+      gradient_norm = tf.sqrt(2 * tf.nn.l2_loss(gradient))
       trust_ratio = tf.where(
           weight_norm > 0,
           tf.where(gradient_norm > 0,

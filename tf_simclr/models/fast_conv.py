@@ -18,7 +18,9 @@ gradient with `tf.custom_gradient`; the kernel gradient is TensorFlow's
 forward convolution over the batch computes it (up to 4x faster there). At stride 2 it
 takes the explicit padding (TF's own kernel) or, where `kernel_choice` measured it
 faster for the shape, oneDNN's kernel on the pre-padded input (1.0-3.0x faster on an
-AVX-512 Xeon, 0.74-1.18x on an AVX2 EPYC). Where it does not pay off (GPU/TPU present, or switched off
+AVX-512 Xeon, 0.74-1.18x on an AVX2 EPYC). A conv whose output is one pixel (the last
+ResNet stage on 32 px images) is one matmul of the input pixels under the window with
+the kernel taps that meet them, gradients included (3-8x faster on the Xeon). Where it does not pay off (GPU/TPU present, or switched off
 with `set_fast_conv_gradient_enabled(False)`) or cannot apply (spatial size unknown
 at trace time with stride > 1), `conv2d` is the plain convolution with TF's gradient.
 """
@@ -50,7 +52,7 @@ _choices = shape_choices.ShapeChoices()
 # conv_key -> kernel gradient of a stride > 1 conv with kernel > 1 x 1 by oneDNN on the
 # pre-padded input (True) or TF's kernel with explicit padding (False, the default).
 # Never for 1 x 1 kernels: TF's oneDNN kernel gradient of a 1x1 stride-2 VALID conv was
-# measured wrong for some channel counts (docs/speed.md).
+# measured wrong for some channel counts on an AVX2 CPU (docs/speed.md).
 _padded_filter_choices = shape_choices.ShapeChoices()
 _padded_filter_choices.set({}, default=False)
 
@@ -327,6 +329,31 @@ def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape:
       explicit_paddings=[0, 0, top, bottom, left, right, 0, 0])
 
 
+def output_is_one_pixel(input_shape: Sequence[Optional[int]], stride: int) -> bool:
+  """Whether the fixed-padding conv of an input [B, H, W, C] outputs 1 x 1 (H, W <=
+  stride; static sizes only)."""
+  height, width = input_shape[1], input_shape[2]
+  return (height is not None and width is not None and
+          (height - 1) // stride == 0 and (width - 1) // stride == 0)
+
+
+def one_pixel_conv2d(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+  """`_plain_conv2d` where the output is one pixel (`output_is_one_pixel`), as a matmul.
+
+  The single window covers padded rows [0, kh) = input rows [-top, kh - top), so only
+  input rows [0, min(H, kh - top)) and kernel rows [top, top + that) meet (columns
+  alike); the rest multiplies padding. Its gradients are the matmul's.
+  """
+  height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+  kernel_height, kernel_width, _, filters = kernel.shape
+  (top, _), (left, _) = _paddings([kernel_height, kernel_width], 1)
+  rows, cols = min(height, kernel_height - top), min(width, kernel_width - left)
+  batch = tf.shape(inputs)[0]
+  pixels = tf.reshape(inputs[:, :rows, :cols, :], [batch, rows * cols * channels])
+  taps = tf.reshape(kernel[top:top + rows, left:left + cols], [rows * cols * channels, filters])
+  return tf.reshape(tf.matmul(pixels, taps), [batch, 1, 1, filters])  # [B, 1, 1, C_out]
+
+
 def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
            kernel_variable: Optional[object] = None) -> tf.Tensor:
   """The official ResNet convolution ('SAME' at stride 1, else fixed pad + 'VALID').
@@ -355,9 +382,12 @@ def conv2d_with_fast_gradient(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
                               padded_filter_gradient: Optional[bool] = None) -> tf.Tensor:
   """`conv2d` with our gradient, whatever the choices (stride > 1: static H, W);
   `reused_kernels` as in `input_gradient`; `padded_filter_gradient` as `padded` in
-  `filter_gradient` (None: this shape's choice, `set_padded_filter_gradient_choices`)."""
+  `filter_gradient` (None: this shape's choice, `set_padded_filter_gradient_choices`).
+  A one-pixel output is `one_pixel_conv2d` (a matmul; those options do not apply)."""
   input_shape = inputs.shape.as_list()
   kernel_shape = kernel.shape.as_list()
+  if output_is_one_pixel(input_shape, stride):
+    return one_pixel_conv2d(inputs, kernel)
   if padded_filter_gradient is None:
     padded_filter_gradient = _padded_filter_choices.ours(
         conv_key(input_shape, kernel_shape, stride))

@@ -51,6 +51,9 @@ MIN_PIXELS_TO_MEASURE = 32 * 32 * 32
 # calls each): `auto` measures only for runs of at least this many steps (<= ~2%);
 # shorter runs (tests, smoke runs) keep our kernels unless the timings are cached.
 MIN_STEPS_TO_MEASURE = 500
+# Part of the cache key: bumped whenever our kernels change, so timings taken with older
+# code are not reused (2: stride-2 pre-padded kernel gradient, one-pixel convs as matmuls).
+KERNELS_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,11 +105,11 @@ def default_cache_path() -> str:
 
 def cpu_identity() -> str:
   """A short hash of what kernel speed depends on besides the shape: the CPU's model
-  and flags, the TensorFlow version and whether oneDNN is on."""
+  and flags, the TensorFlow version, whether oneDNN is on and KERNELS_VERSION."""
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
   cpu = cpu_description()
   identity = json.dumps([cpu['model'], cpu['flags'], tf.__version__,
-                         bool(_pywrap_util_port.IsMklEnabled())])
+                         bool(_pywrap_util_port.IsMklEnabled()), KERNELS_VERSION])
   return hashlib.sha1(identity.encode()).hexdigest()[:16]
 
 
