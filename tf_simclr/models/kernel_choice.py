@@ -132,7 +132,7 @@ def measured_bfloat16_speedup(cache_path: Optional[str] = None, rounds: int = 5)
   cache = _load_cache(cache_path) if cache_path else {}
   key = f'{cpu_identity()}/bfloat16_speedup'
   if key not in cache:
-    steps = {}
+    steps = []
     for dtype in (tf.float32, tf.bfloat16):
       images = tf.cast(tf.random.stateless_normal([64, 16, 16, 128], seed=[1, 2]), dtype)
       kernel = tf.cast(tf.random.stateless_normal([3, 3, 128, 128], seed=[3, 4]) * 0.05,
@@ -145,15 +145,9 @@ def measured_bfloat16_speedup(cache_path: Optional[str] = None, rounds: int = 5)
           loss = tf.reduce_sum(tf.cast(tf.nn.conv2d(images, kernel, 1, 'SAME'), tf.float32))
         return tape.gradient(loss, [images, kernel])
 
-      steps[dtype.name] = step
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
-    for round_index in range(rounds + 1):
-      for name, step in steps.items():
-        start = time.perf_counter()
-        step()
-        if round_index:  # The first round traces and warms up.
-          seconds[name].append(time.perf_counter() - start)
-    cache[key] = {name: statistics.median(values) for name, values in seconds.items()}
+      steps.append(step)
+    float32_seconds, bfloat16_seconds = _median_alternating(*steps, repeats=rounds)  # pylint: disable=unbalanced-tuple-unpacking
+    cache[key] = {'float32': float32_seconds, 'bfloat16': bfloat16_seconds}
     if cache_path:
       _save_cache(cache_path, cache)
   return cache[key]['float32'] / cache[key]['bfloat16']
