@@ -161,6 +161,9 @@ def test_one_pixel_outputs_are_one_matmul(height, width, kernel_size, stride):
   assert 'MatMul' in types and not any(op.startswith('Conv2D') for op in types), types
   assert not fast_conv.output_is_one_pixel([4, 3, 2, 3], 2)
   assert not fast_conv.output_is_one_pixel([4, 2, 2, 3], 1)
+  # Nothing to choose for the kernel gradient of a matmul: kernel_choice does not time it.
+  assert not fast_conv.padded_filter_gradient_applies([4, 2, 2, 3], [3, 3, 3, 2], 2)
+  assert fast_conv.padded_filter_gradient_applies([4, 4, 4, 3], [3, 3, 3, 2], 2)
 
 
 @pytest.mark.parametrize('stride', [1, 2])

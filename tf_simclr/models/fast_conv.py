@@ -93,9 +93,12 @@ def padded_filter_gradient_choices() -> dict[tuple[int, ...], bool]:
   return _padded_filter_choices.get()[0]
 
 
-def padded_filter_gradient_applies(kernel_shape: Sequence[int], stride: int) -> bool:
-  """Whether the pre-padded kernel gradient is an option: stride > 1, kernel > 1 x 1."""
-  return stride > 1 and (kernel_shape[0] > 1 or kernel_shape[1] > 1)
+def padded_filter_gradient_applies(input_shape: Sequence[Optional[int]],
+                                   kernel_shape: Sequence[int], stride: int) -> bool:
+  """Whether the pre-padded kernel gradient is an option: stride > 1, kernel > 1 x 1,
+  and an output of more than one pixel (one-pixel outputs are matmuls)."""
+  return (stride > 1 and (kernel_shape[0] > 1 or kernel_shape[1] > 1) and
+          not output_is_one_pixel(input_shape, stride))
 
 
 def recording_shapes(
@@ -319,7 +322,7 @@ def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape:
         input=inputs, filter_sizes=tf.constant(list(kernel_shape), tf.int32),
         out_backprop=output_gradient, strides=[1, 1, 1, 1], padding='SAME')
   (top, bottom), (left, right) = _paddings(kernel_shape[:2], stride)
-  if padded and padded_filter_gradient_applies(kernel_shape, stride):
+  if padded and padded_filter_gradient_applies(inputs.shape, kernel_shape, stride):
     return tf.raw_ops.Conv2DBackpropFilter(
         input=tf.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]]),
         filter_sizes=tf.constant(list(kernel_shape), tf.int32),

@@ -231,7 +231,7 @@ def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: i
     return lambda: [gradient.numpy() for gradient in step()]
 
   sides = {'ours': ours, 'stock': fast_conv._plain_conv2d}  # pylint: disable=protected-access
-  if fast_conv.padded_filter_gradient_applies(kernel_shape, stride):
+  if fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride):
     sides['ours_padded'] = ours_padded
   seconds = _median_alternating(*(step_fn(side) for side in sides.values()),
                                 repeats=repeats)
@@ -330,11 +330,12 @@ def _norm_name(shape: tuple[int, ...]) -> str:
   return 'bn ' + 'x'.join(str(size) for size in shape)
 
 
-def _conv_timed(cache: dict[str, dict[str, float]], key: str,
+def _conv_timed(cache: dict[str, dict[str, float]], key: str, input_shape: Sequence[int],
                 kernel_shape: Sequence[int], stride: int) -> bool:
   """Whether the cache holds every timing `time_conv` takes for this conv."""
-  return key in cache and ('ours_padded' in cache[key] or
-                           not fast_conv.padded_filter_gradient_applies(kernel_shape, stride))
+  return key in cache and (
+      'ours_padded' in cache[key] or
+      not fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride))
 
 
 def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats: int,
@@ -344,7 +345,7 @@ def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats
   measured = 0
   for input_shape, kernel_shape, stride in convs:
     name = _conv_name(fast_conv.conv_key(input_shape, kernel_shape, stride))
-    if not _conv_timed(cache, prefix + name, kernel_shape, stride):
+    if not _conv_timed(cache, prefix + name, input_shape, kernel_shape, stride):
       cache[prefix + name] = time_conv(input_shape, kernel_shape, stride, batch, dtype,
                                        repeats, reused_gradient_kernels)
       measured += 1
@@ -367,8 +368,8 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
   prefix = _cache_prefix(dtype, batch, reused_gradient_kernels)
   convs, norms = layer_shapes(model, image_size)
   if not measure:
-    if (any(not _conv_timed(cache, prefix + _conv_name(fast_conv.conv_key(*conv)), conv[1],
-                            conv[2]) for conv in convs) or
+    if (any(not _conv_timed(cache, prefix + _conv_name(fast_conv.conv_key(*conv)), *conv)
+            for conv in convs) or
         any(prefix + _norm_name(shape) not in cache for shape in norms)):
       return None
   timings: dict[str, dict[str, float]] = {}
