@@ -5,7 +5,7 @@ in float32. On x86 CPUs that needs the `avx512_bf16` (AVX512-BF16 dot products) 
 `amx_bf16` (AMX tiles) instructions; elsewhere TensorFlow/oneDNN emulates bf16 through
 float32 conversions and the step gets slower, not faster (measured on an AVX2-only
 machine, docs/speed.md). Having the instructions is not enough either: an Intel Xeon
-with avx512_bf16 but no AMX ran bf16 convolutions and matmuls at 0.6x float32, in TF
+with avx512_bf16 but no AMX ran bf16 convolutions and matmuls at 0.6x float32 (2026-12-02), in TF
 and PyTorch alike. So a CPU-only run asking for bfloat16 runs float32, with one line
 saying why, on a CPU without those flags or where a bf16 convolution was measured (once
 per machine, cached; `kernel_choice.measured_bfloat16_speedup`) less than

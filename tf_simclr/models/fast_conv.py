@@ -18,12 +18,13 @@ gradient with `tf.custom_gradient`; the kernel gradient is TensorFlow's
 forward convolution over the batch computes it (up to 4x faster there). At stride 2 it
 takes the explicit padding (TF's own kernel) or, where `kernel_choice` measured it
 faster for the shape, oneDNN's kernel on the pre-padded input (1.0-3.0x faster on an
-AVX-512 Xeon, 0.74-1.18x on an AVX2 EPYC). A conv whose output is one pixel (the last
-ResNet stage on 32 px images) is one matmul of the input pixels under the window with
-the kernel taps that meet them, gradients included (3-8x faster on the Xeon). Where
-it does not pay off (GPU/TPU present, or switched off with
-`set_fast_conv_gradient_enabled(False)`) or cannot apply (spatial size unknown at trace
-time with stride > 1), `conv2d` is the plain convolution with TF's gradient.
+AVX-512 Xeon on 2026-12-02, 0.74-1.18x on an AVX2 EPYC on 2026-12-01). A conv whose
+output is one pixel (the last ResNet stage on 32 px images) is one matmul of the input
+pixels under the window with the kernel taps that meet them, gradients included (3-8x
+faster on the Xeon, 2026-12-02). Where it does not pay off (GPU/TPU present, or
+switched off with `set_fast_conv_gradient_enabled(False)`) or cannot apply (spatial
+size unknown at trace time with stride > 1), `conv2d` is the plain convolution with
+TF's gradient.
 """
 
 from __future__ import annotations
