@@ -2,8 +2,9 @@
 
 The float32 cases compare against NumPy, not against TensorFlow: with the oneDNN CPU
 kernels on (tf_simclr turns them on), TF 2.21's own kernel gradient of a 1x1 stride-2
-VALID convolution is wrong for some channel counts (e.g. 5 input channels on an 8x8
-map: off by up to 5.2 where values are ~10); ours is right.
+VALID convolution is wrong on some CPUs for some channel counts (e.g. 5 input channels
+on an 8x8 map: off by up to 5.2 where values are ~10); ours and the stock side of the
+kernel choice (`fast_conv.stock_conv2d`) are right.
 """
 
 import keras
@@ -106,6 +107,48 @@ def test_pre_padded_kernel_gradient_equals_numpy_reference(height, width, kernel
   for name, value, reference in zip(('outputs', 'd_inputs', 'd_kernel'), got, expected):
     np.testing.assert_allclose(value.numpy(), reference, rtol=1e-5, atol=1e-4,
                                err_msg=name)
+
+
+@pytest.mark.parametrize('height,width,kernel_size,stride,channels',
+                         [case + (5,) for case in CASES] +
+                         [(8, 8, 1, 2, 3), (16, 16, 1, 2, 4), (16, 16, 1, 2, 7),
+                          (8, 8, 1, 2, 64)])
+def test_stock_side_equals_numpy_reference(height, width, kernel_size, stride, channels):
+  """The 'stock' side of the kernel choice (TF's gradients) is right too, including the
+  1x1 strided convs where oneDNN's own 'VALID' kernel gradient is wrong on some CPUs
+  (an AVX2 EPYC: 3, 4, 5, 7 input channels on 8x8 and 16x16 maps)."""
+  generator = tf.random.Generator.from_seed(kernel_size * 100 + height * 10 + channels)
+  inputs = generator.normal([3, height, width, channels])
+  kernel = generator.normal([kernel_size, kernel_size, channels, 4])
+  upstream = generator.normal(_reference(inputs, kernel, stride).shape)
+  expected = _numpy_reference(inputs, kernel, stride, upstream)
+  got = tf.function(lambda x, w: _gradients(fast_conv.stock_conv2d, x, w, stride,
+                                            upstream))(inputs, kernel)
+  for name, value, reference in zip(('outputs', 'd_inputs', 'd_kernel'), got, expected):
+    np.testing.assert_allclose(value.numpy(), reference, rtol=1e-5, atol=1e-4,
+                               err_msg=name)
+
+
+def test_stock_side_is_what_conv2d_runs_where_stock_was_chosen():
+  inputs, kernel = tf.ones([2, 8, 8, 5]), tf.ones([1, 1, 5, 4])
+  key = fast_conv.conv_key(inputs.shape, kernel.shape, 2)
+  previous = fast_conv.gradient_choices()
+  try:
+    fast_conv.set_gradient_choices({key: False})
+
+    def gradient(x):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(fast_conv.conv2d(x, kernel, 2))
+      return tape.gradient(loss, x)
+
+    graph = tf.function(gradient).get_concrete_function(tf.TensorSpec(inputs.shape)).graph
+    types = {op.type for op in graph.get_operations()}
+    for function in graph._functions.values():  # pylint: disable=protected-access
+      types |= {node.op for node in function.definition.node_def}
+    assert 'Conv2DBackpropInput' in types  # TF's input gradient: the stock side.
+  finally:
+    fast_conv.set_gradient_choices(*previous)
 
 
 @pytest.mark.parametrize('kernel_size,stride', [(3, 1), (3, 2), (1, 2)])

@@ -23,8 +23,9 @@ output is one pixel (the last ResNet stage on 32 px images) is one matmul of the
 pixels under the window with the kernel taps that meet them, gradients included (3-8x
 faster on the Xeon, 2026-12-02). Where it does not pay off (GPU/TPU present, or
 switched off with `set_fast_conv_gradient_enabled(False)`) or cannot apply (spatial
-size unknown at trace time with stride > 1), `conv2d` is the plain convolution with
-TF's gradient.
+size unknown at trace time with stride > 1), `conv2d` is `stock_conv2d`: the plain
+convolution with TF's gradient (but never oneDNN's wrong kernel gradient of 1 x 1
+strided convs).
 """
 
 from __future__ import annotations
@@ -164,6 +165,34 @@ def _plain_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tenso
   if top or bottom or left or right:
     inputs = tf.pad(inputs, [[0, 0], [top, bottom], [left, right], [0, 0]])
   return tf.nn.conv2d(inputs, kernel, stride, 'VALID')
+
+
+def stock_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
+  """`_plain_conv2d` with TensorFlow's gradients (the 'stock' side of the kernel choice).
+
+  One exception, on CPUs: the kernel gradient of a 1 x 1 strided conv is TF's
+  explicit-padding kernel (zero padding) instead of oneDNN's 'VALID' one, which was
+  wrong on an AVX2 CPU (2026-12-02, TF 2.21: off by 20-65% of the largest value for 3,
+  4, 5 and 7 input channels on 8x8 and 16x16 maps; right for the ResNets' 64 and more).
+  The two take about the same time there (8.9-151 vs 9.2-144 ms on ResNet shapes).
+  """
+  if (kernel.shape[0] != 1 or kernel.shape[1] != 1 or stride == 1 or
+      _accelerator_present()):
+    return _plain_conv2d(inputs, kernel, stride)
+  kernel_shape = kernel.shape.as_list()
+
+  @tf.custom_gradient
+  def convolve(x: tf.Tensor, w: tf.Tensor):
+    def gradient(dy: tf.Tensor):
+      dx = tf.raw_ops.Conv2DBackpropInput(
+          input_sizes=tf.shape(x), filter=w, out_backprop=dy,
+          strides=[1, stride, stride, 1], padding='VALID')
+      dw = filter_gradient(x, dy, kernel_shape, stride)
+      return dx, dw
+
+    return tf.nn.conv2d(x, w, stride, 'VALID'), gradient
+
+  return convolve(inputs, kernel)
 
 
 def _phase_taps(kernel_size: int, stride: int, phase: int, pad_begin: int, input_size: int,
@@ -375,7 +404,7 @@ def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
   """
   _choices.record((tuple(inputs.shape.as_list()), tuple(kernel.shape.as_list()), stride))
   if not uses_fast_gradient(inputs, stride, kernel.shape.as_list()):
-    return _plain_conv2d(inputs, kernel, stride)
+    return stock_conv2d(inputs, kernel, stride)
   reused = None
   if _reused_gradient_kernels is not None and kernel_variable is not None:
     reused = _reused_gradient_kernels.get(id(kernel_variable), (None, None))[1]

@@ -230,7 +230,7 @@ def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: i
 
     return lambda: [gradient.numpy() for gradient in step()]
 
-  sides = {'ours': ours, 'stock': fast_conv._plain_conv2d}  # pylint: disable=protected-access
+  sides = {'ours': ours, 'stock': fast_conv.stock_conv2d}
   if fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride):
     sides['ours_padded'] = ours_padded
   seconds = _median_alternating(*(step_fn(side) for side in sides.values()),
