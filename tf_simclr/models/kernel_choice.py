@@ -52,8 +52,9 @@ MIN_PIXELS_TO_MEASURE = 32 * 32 * 32
 # shorter runs (tests, smoke runs) keep our kernels unless the timings are cached.
 MIN_STEPS_TO_MEASURE = 500
 # Part of the cache key: bumped whenever our kernels change, so timings taken with older
-# code are not reused (2: stride-2 pre-padded kernel gradient, one-pixel convs as matmuls).
-KERNELS_VERSION = 2
+# code are not reused (2: stride-2 pre-padded kernel gradient, one-pixel convs as matmuls;
+# 3: the stock side's 1x1 strided kernel gradient).
+KERNELS_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
