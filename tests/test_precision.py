@@ -53,7 +53,9 @@ def test_bfloat16_speedup_is_measured_once_and_cached(tmp_path: pathlib.Path):
   from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
   cache_path = str(tmp_path / 'cache' / 'kernels.json')
   speedup = kernel_choice.measured_bfloat16_speedup(cache_path, rounds=1)
-  assert 0.05 < speedup < 20
+  # A ratio of two real timings: 0.044 on an AVX2 CPU (bf16 emulated), 0.56 on an
+  # AVX-512 Xeon without AMX (2026-12-02).
+  assert 0.001 < speedup < 20
   with open(cache_path) as cache_file:
     cache = json.load(cache_file)
   key = f'{kernel_choice.cpu_identity()}/bfloat16_speedup'
