@@ -106,6 +106,7 @@ def test_train_step_bench_prints_json_last():
   assert result['mfu'] == pytest.approx(expected_mfu)
 
 
+@pytest.mark.slow
 def test_train_step_bench_rejects_bad_flag_in_one_line():
   result = subprocess.run(
       [sys.executable, str(REPO_ROOT / 'bench' / 'train_step.py'), '--resnet_depth=19'],
@@ -125,6 +126,7 @@ def test_official_peer_bench_rejects_folder_without_official_code_in_one_line(tm
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_nt_xent_bench_prints_json_last():
   result = _run('nt_xent.py', '--batch_sizes=8,16', '--steps=1', '--reference_image_size=0')
   sizes = [entry['batch_size'] for entry in result['nt_xent']]
@@ -134,6 +136,7 @@ def test_nt_xent_bench_prints_json_last():
     assert entry['flops'] == 3 * 8 * entry['batch_size'] ** 2 * 128
 
 
+@pytest.mark.slow
 def test_input_pipeline_bench_times_the_real_train_step_on_cifar(cifar10_dir):
   from bench import input_pipeline  # pylint: disable=g-import-not-at-top
   config = input_pipeline.train_step_config(str(cifar10_dir), resnet_depth=18, image_size=8,

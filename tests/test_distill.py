@@ -159,6 +159,7 @@ def image_folder(tmp_path_factory):
   return helpers.write_image_folder(tmp_path_factory.mktemp('data') / 'folder')
 
 
+@pytest.mark.slow
 def test_resume_in_distill_mode_is_bit_identical(image_folder, tmp_path):
   """In-process: a crash after step 2 (ckpt-3, ckpt-4 lost), then the same call; the
   zipped unlabelled + labelled iterator position and the student resume, the teacher
@@ -199,6 +200,7 @@ def test_labelled_subsets_of_the_cifar10_folder_hold_every_class(cifar10_dir):
                             flag='distill_labeled_split')
 
 
+@pytest.mark.slow
 def test_bad_distill_input_is_one_line_exit_2_and_leaves_model_dir_alone(image_folder,
                                                                          tmp_path):
   from tests.test_reliability import _run_bad_inputs  # pylint: disable=g-import-not-at-top

@@ -98,6 +98,7 @@ def _rows(path):
     return list(csv.reader(csv_file))[1:]
 
 
+@pytest.mark.slow
 def test_embed_export_and_run_match_the_saved_model(run_and_export, cifar10_dir, tmp_path):
   model_dir, export_dir = run_and_export
   files = cifar_files(cifar10_dir, 48)

@@ -244,6 +244,7 @@ def test_model_dir_made_read_only_during_training_is_one_line_exit_1(image_folde
     assert max(helpers.saved_steps(model_dir)) == 5
 
 
+@pytest.mark.slow
 def test_no_cuinit_error_line_without_a_gpu_driver(tmp_path):
   """On a machine without an NVIDIA driver, TF's first device lookup logs `E0000 ...
   failed call to cuInit: ...`; run.py, hub_export and tf_simclr.embed drop that line

@@ -17,6 +17,7 @@ Independent checks:
 """
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests import train_fixtures
@@ -57,6 +58,7 @@ def test_float16_skips_overflow_steps_and_tracks_float32():
   assert deviation <= TOLERANCE_OF_INITIAL_LOSS, (deviation, float32, applied)
 
 
+@pytest.mark.slow
 def test_overflow_on_one_replica_skips_the_step_on_all():
   # MirroredStrategy over 2 logical CPUs needs a fresh process (about 15 s).
   import json  # pylint: disable=g-import-not-at-top

@@ -238,6 +238,7 @@ def test_keras3_tfsm_layer(export):
   assert re.search(BAD_INPUT_ERRORS['pixels_0_255'], str(out['bad/pixels_0_255/fit']), re.S)
 
 
+@pytest.mark.slow
 def test_plain_saved_model_load(export):
   reference = export['reference']
   out = _run_consumer('saved_model_consumer.py', export['export_dir'], export['inputs'],
@@ -382,6 +383,7 @@ def _write_run(model_dir: pathlib.Path, seed: int = 0) -> SimCLRModel:
   return model
 
 
+@pytest.mark.slow
 def test_cli_exports_restored_weights(tmp_path):
   model_dir, export_dir = tmp_path / 'run', tmp_path / 'export'
   model = _write_run(model_dir)

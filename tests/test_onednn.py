@@ -30,5 +30,6 @@ def test_entry_points_turn_on_onednn(imports: str) -> None:
   assert _onednn_enabled(imports)
 
 
+@pytest.mark.slow
 def test_user_setting_wins() -> None:
   assert not _onednn_enabled('import tf_simclr, tensorflow', TF_ENABLE_ONEDNN_OPTS='0')

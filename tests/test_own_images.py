@@ -147,6 +147,7 @@ def _run_command(data_dir, model_dir, *extra):
           f'--model_dir={model_dir}', *extra]
 
 
+@pytest.mark.slow
 def test_cli_refuses_label_flags_on_an_unlabelled_folder(cifar10_dir, tmp_path):
   link(cifar_files(cifar10_dir, 16), tmp_path / 'photos' / 'train')
   refused = _run(*_run_command(tmp_path / 'photos', tmp_path / 'refused',

@@ -83,6 +83,7 @@ def _kill_and_resume(command, model_dir, log_path, kill_points):
   return _finish(process), killed_during_save
 
 
+@pytest.mark.slow
 def test_resume_with_the_image_folder_pipeline_is_bit_identical(image_folder, tmp_path):
   """In-process: a crash after step 2 (ckpt-3 and ckpt-4 lost), then the same call."""
   data = config_lib.DataConfig(dataset='image_folder', data_dir=str(image_folder),
@@ -372,6 +373,7 @@ def _run_bad_inputs(cases, root):
       helpers.kill(process)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_leaves_model_dir_alone(image_folder, tmp_path):
   _write_run_dir(tmp_path / 'other_arch')
   _write_run_dir(tmp_path / 'changed_batch')

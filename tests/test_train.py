@@ -246,6 +246,7 @@ def test_resume_with_changed_flags(pretrained, tmp_path):
   assert f'--train_steps={STEPS + 4} (was {STEPS})' in notes[1]
 
 
+@pytest.mark.slow
 def test_rerun_finishes_an_export_killed_at_the_end(pretrained, strategy, batches, tmp_path):
   """A run killed (-9) during its last export: the same command exports and cleans up."""
   from tf_simclr import export as export_lib  # pylint: disable=g-import-not-at-top
