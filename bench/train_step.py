@@ -44,7 +44,6 @@ import tensorflow as tf
 from bench import common
 import flags as simclr_flags
 from tf_simclr import config as config_lib
-from tf_simclr import precision
 from tf_simclr import strategy as strategy_lib
 from tf_simclr.models import fast_batch_norm
 from tf_simclr.models import fast_conv
@@ -203,8 +202,7 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
   matmul_bf16 = max(matmul_before[tf.bfloat16],
                     common.best_matmul_flops_per_sec(matmul_sizes, tf.bfloat16))
   # What ran: --mixed_precision=bfloat16 runs float32 where bf16 does not pay on this CPU.
-  compute_dtype, _ = precision.effective_mixed_precision(config.train.mixed_precision,
-                                                         config.train.force_bfloat16)
+  compute_dtype = model.compute_dtype
   bf16 = compute_dtype == 'bfloat16'
   achieved = images_per_sec * model_flops_per_image
   return {

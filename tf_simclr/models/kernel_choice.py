@@ -413,19 +413,18 @@ def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
   """`choose_kernels` for a run's config (`tf_simclr.config.Config`): --cpu_kernels, the
   image size, the per-replica images per forward pass (micro-batch with gradient caching,
   both views when pretraining; then our input-gradient kernels are reused across
-  micro-batches) and the compute dtype."""
+  micro-batches) and the model's compute dtype."""
   from tf_simclr import grad_cache  # pylint: disable=g-import-not-at-top
-  from tf_simclr import precision  # pylint: disable=g-import-not-at-top
   train_config = config.train
   examples = train_config.train_batch_size // max(1, num_replicas)
   micro_batches = grad_cache.uses_grad_cache(config, num_replicas)
   if micro_batches:
     examples = train_config.micro_batch_size
   views = 2 if train_config.train_mode == 'pretrain' else 1
-  dtype, _ = precision.effective_mixed_precision(train_config.mixed_precision,
-                                                 train_config.force_bfloat16)
+  # The model's compute dtype: `build_model_for` resolved --mixed_precision (bf16 runs
+  # float32 where it does not pay on this CPU).
   return choose_kernels(model, mode=train_config.cpu_kernels,
                         image_size=config.data.image_size, batch=views * examples,
-                        dtype=tf.bfloat16 if dtype == 'bfloat16' else tf.float32,
+                        dtype=tf.bfloat16 if model.compute_dtype == 'bfloat16' else tf.float32,
                         apply=apply, total_steps=total_steps,
                         reused_gradient_kernels=micro_batches)
