@@ -95,8 +95,8 @@ def test_gradients_equal_numpy_reference_float32(height, width, kernel_size, str
                          [(16, 16, 7, 2, 3), (8, 8, 3, 2, 4), (16, 16, 3, 2, 7)])
 def test_pre_padded_kernel_gradient_equals_numpy_reference(height, width, kernel_size,
                                                            stride, channels):
-  """Our path with oneDNN's kernel gradient on the pre-padded input (stride > 1; 1x1
-  kernels keep the explicit padding, see fast_conv)."""
+  """Our path's second stride > 1 kernel gradient: oneDNN's on the pre-padded input,
+  or for 1x1 kernels a matmul of the subsampled input."""
   generator = tf.random.Generator.from_seed(kernel_size * 100 + height * 10 + stride + 1)
   inputs = generator.normal([3, height, width, channels])
   kernel = generator.normal([kernel_size, kernel_size, channels, 4])
@@ -168,6 +168,38 @@ def test_gradients_equal_tf_gradients_bfloat16(kernel_size, stride):
     scale = float(tf.reduce_max(tf.abs(tf.cast(reference, tf.float32))))
     np.testing.assert_allclose(tf.cast(value, tf.float32).numpy(),
                                tf.cast(reference, tf.float32).numpy(), atol=0.02 * scale)
+
+
+@pytest.mark.parametrize('side', ['ours', 'ours_matmul', 'stock'])
+@pytest.mark.parametrize('height,width,channels', [(8, 8, 5), (7, 9, 3), (16, 16, 64)])
+def test_strided_pointwise_kernel_gradient_bfloat16_equals_numpy_reference(
+    side, height, width, channels):
+  """1x1 stride-2 convs in bf16: the kernel gradient is a matmul of the subsampled input
+  (no Eigen bf16 Conv2DBackpropFilter) and equals the float64 gradient of the same
+  bf16 values to bf16 rounding."""
+  generator = tf.random.Generator.from_seed(channels * 10 + height)
+  inputs = tf.cast(generator.normal([3, height, width, channels]), tf.bfloat16)
+  kernel = tf.cast(generator.normal([1, 1, channels, 4]), tf.bfloat16)
+  upstream = tf.cast(tf.cast(generator.normal(_reference(inputs, kernel, 2).shape),
+                             tf.bfloat16), tf.float32)
+  expected = _numpy_reference(tf.cast(inputs, tf.float32), tf.cast(kernel, tf.float32), 2,
+                              upstream)
+  function = {
+      'ours': lambda x, w, s: fast_conv.conv2d_with_fast_gradient(x, w, s, None, False),
+      'ours_matmul': lambda x, w, s: fast_conv.conv2d_with_fast_gradient(x, w, s, None, True),
+      'stock': fast_conv.stock_conv2d}[side]
+  traced = tf.function(lambda x, w: _gradients(function, x, w, 2, upstream))
+  got = traced(inputs, kernel)
+  for name, value, reference in zip(('outputs', 'd_inputs', 'd_kernel'), got, expected):
+    assert value.dtype == tf.bfloat16, name
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(tf.cast(value, tf.float32).numpy(), reference,
+                               atol=0.02 * scale, err_msg=name)
+  graph = traced.get_concrete_function(inputs, kernel).graph
+  types = {op.type for op in graph.get_operations()}
+  for inner in graph._functions.values():  # pylint: disable=protected-access
+    types |= {node.op for node in inner.definition.node_def}
+  assert 'Conv2DBackpropFilter' not in types, types
 
 
 def _gradient_op_types(spec, stride):

@@ -12,9 +12,9 @@ per layer shape at start-up from timings on this CPU:
    call (`repeats` each, median), in the run's compute dtype;
 3. a shape gets our path where it was faster, else the stock one (`fast_conv.
    set_gradient_choices`, `fast_batch_norm.set_fused_choices`). Our path of a stride-2
-   conv with a kernel > 1 x 1 is timed with both of its kernel gradients (explicit
-   padding, or oneDNN's on the pre-padded input) and takes the faster
-   (`fast_conv.set_padded_filter_gradient_choices`).
+   conv is timed with both of its kernel gradients (explicit padding, or: oneDNN's on
+   the pre-padded input for a kernel > 1 x 1, a matmul of the subsampled input for
+   1 x 1) and takes the faster (`fast_conv.set_padded_filter_gradient_choices`).
 
 Timings are cached in a JSON file keyed by the CPU (model name and flags from
 /proc/cpuinfo), the TensorFlow version, oneDNN on/off, the dtype, the batch and the
@@ -53,8 +53,9 @@ MIN_PIXELS_TO_MEASURE = 32 * 32 * 32
 MIN_STEPS_TO_MEASURE = 500
 # Part of the cache key: bumped whenever our kernels change, so timings taken with older
 # code are not reused (2: stride-2 pre-padded kernel gradient, one-pixel convs as matmuls;
-# 3: the stock side's 1x1 strided kernel gradient).
-KERNELS_VERSION = 3
+# 3: the stock side's 1x1 strided kernel gradient; 4: the 1x1 strided kernel gradient
+# as a matmul, timed on our side and taken in bf16).
+KERNELS_VERSION = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +68,7 @@ class KernelChoice:
   timings: dict[str, dict[str, float]]            # shape name -> {'ours', 'stock'} seconds
   measured_seconds: float                         # spent measuring (0: cached / none)
   reason: str
-  # conv_key -> our path's stride-2 kernel gradient on the pre-padded input (oneDNN).
+  # conv_key -> our path's second stride-2 kernel gradient (pre-padded oneDNN; 1x1: matmul).
   padded_filter_choices: dict[tuple[int, ...], bool] = dataclasses.field(default_factory=dict)
 
   def summary(self) -> str:
@@ -77,7 +78,7 @@ class KernelChoice:
     if not self.conv_choices and not self.batch_norm_choices:
       return f'cpu kernels: {"ours" if self.default else "stock"} everywhere ({self.reason}).'
     padded = sum(self.padded_filter_choices.values())
-    padded_text = (f' (pre-padded stride-2 kernel gradient on {padded})' if padded else '')
+    padded_text = (f' (pre-padded or matmul stride-2 kernel gradient on {padded})' if padded else '')
     return (f'cpu kernels ({self.mode}): our conv gradient on {conv}/{len(self.conv_choices)} '
             f'conv shapes{padded_text}, fused BN on {norm}/{len(self.batch_norm_choices)} '
             f'BN shapes ({self.reason}).')
