@@ -148,3 +148,41 @@ def test_input_pipeline_bench_times_the_real_train_step_on_cifar(cifar10_dir):
   assert result['ratio'] == pytest.approx(
       result['pipeline_images_per_s'] / result['fixed_batch_images_per_s'])
   assert 0.1 < result['ratio'] < 10
+
+
+def _write_losses(directory, values, tag='train/total_loss'):
+  writer = tf.summary.create_file_writer(directory)
+  with writer.as_default():
+    for step, value in values:
+      tf.summary.scalar(tag, value, step=step)
+      tf.summary.scalar('learning_rate', 0.5, step=step)
+  writer.close()
+
+
+@pytest.mark.parametrize('root', ['tmp', 'ram'])
+def test_precision_curve_reads_the_run_loss_from_tensorboard_events(tmp_path, root):
+  from bench import precision_curve
+  directory = str(tmp_path) if root == 'tmp' else 'ram://precision_curve_events'
+  _write_losses(directory, [(10, 2.5), (5, 3.25), (15, 1.75)])
+  assert precision_curve.read_loss_curve(directory) == [(5, 3.25), (10, 2.5), (15, 1.75)]
+
+
+def test_precision_curve_compares_precision_against_seed_noise():
+  from bench import precision_curve
+  steps = (5, 10, 15)
+  float32 = {0: [3.0, 2.0, 1.0], 1: [3.2, 2.1, 1.3]}        # Seed noise: .2 .1 .3.
+  close = {0: [3.05, 2.0, 1.1], 1: [3.2, 2.15, 1.3]}         # .05 0 .1 / 0 .05 0.
+  far = {0: [3.0, 2.5, 1.0], 1: [3.2, 2.1, 1.3]}             # .5 at step 10.
+  curves = {'float32': {seed: list(zip(steps, values)) for seed, values in float32.items()},
+            'bfloat16': {seed: list(zip(steps, values)) for seed, values in close.items()},
+            'float16': {seed: list(zip(steps, values)) for seed, values in far.items()}}
+  result = precision_curve.compare_curves(curves)
+  assert result['noise'] == pytest.approx({'mean': 0.2, 'max': 0.3, 'pairs': 1})
+  assert result['precisions']['bfloat16']['mean'] == pytest.approx(0.2 / 6)
+  assert result['precisions']['bfloat16']['max'] == pytest.approx(0.1)
+  assert result['precisions']['bfloat16']['within_noise']
+  assert not result['precisions']['float16']['within_noise']
+  assert result['precisions']['float32']['final_mean'] == pytest.approx((1.0 + 1.3) / 2)
+  curves['bfloat16'][1] = curves['bfloat16'][1][:2]
+  with pytest.raises(ValueError, match='bfloat16, seed 1: logged steps differ'):
+    precision_curve.compare_curves(curves)

@@ -29,6 +29,14 @@ def _matches_any(path: str, patterns: Sequence[str]) -> bool:
   return any(re.search(pattern, path) is not None for pattern in patterns)
 
 
+def _resource_handle(variable: Any) -> tf.Tensor:
+  """The resource handle of a Keras or tf.Variable; of a distributed one, this
+  replica's or this update's copy (`strategy.extended.update` calls update_step)."""
+  if isinstance(variable, keras.Variable):
+    variable = variable.value
+  return variable.handle
+
+
 @keras.saving.register_keras_serializable(package='tf_simclr')
 class LARS(keras.optimizers.Optimizer):
   """Layer-wise Adaptive Rate Scaling (You et al. 2017), official SimCLR variant.
@@ -136,10 +144,12 @@ class LARS(keras.optimizers.Optimizer):
           tf.ones_like(weight_norm))
       scaled_learning_rate = learning_rate * trust_ratio
 
-    next_velocity = (tf.cast(self.momentum, dtype) * tf.convert_to_tensor(momentum_slot)
-                     + scaled_learning_rate * gradient)
-    self.assign(momentum_slot, next_velocity)
-    self.assign_sub(variable, next_velocity)
+    # v <- momentum * v + (scaled_learning_rate * g); w <- w - 1 * v: TF's fused
+    # momentum kernel, one pass over w and v (five element-wise ops otherwise).
+    tf.raw_ops.ResourceApplyMomentum(
+        var=_resource_handle(variable), accum=_resource_handle(momentum_slot),
+        lr=tf.ones([], dtype), grad=scaled_learning_rate * gradient,
+        momentum=tf.cast(self.momentum, dtype), use_locking=False, use_nesterov=False)
 
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
