@@ -171,15 +171,19 @@ def test_gradients_equal_tf_gradients_bfloat16(kernel_size, stride):
 
 
 @pytest.mark.parametrize('side', ['ours', 'ours_matmul', 'stock'])
-@pytest.mark.parametrize('height,width,channels', [(8, 8, 5), (7, 9, 3), (16, 16, 64)])
-def test_strided_pointwise_kernel_gradient_bfloat16_equals_numpy_reference(
-    side, height, width, channels):
-  """1x1 stride-2 convs in bf16: the kernel gradient is a matmul of the subsampled input
-  (no Eigen bf16 Conv2DBackpropFilter) and equals the float64 gradient of the same
-  bf16 values to bf16 rounding."""
+@pytest.mark.parametrize('height,width,channels,kernel_size',
+                         [(8, 8, 5, 1), (7, 9, 3, 1), (16, 16, 64, 1), (8, 8, 5, 3),
+                          (9, 7, 3, 7)])
+def test_strided_kernel_gradient_bfloat16_equals_numpy_reference(
+    side, height, width, channels, kernel_size):
+  """Stride-2 convs in bf16: no explicit-padding (Eigen) Conv2DBackpropFilter, whatever
+  the per-shape choice (a 1x1 kernel's gradient is a matmul of the subsampled input,
+  larger ones oneDNN's on the padded input), and the float64 gradient of the same bf16
+  values to bf16 rounding."""
   generator = tf.random.Generator.from_seed(channels * 10 + height)
   inputs = tf.cast(generator.normal([3, height, width, channels]), tf.bfloat16)
-  kernel = tf.cast(generator.normal([1, 1, channels, 4]), tf.bfloat16)
+  kernel = tf.cast(generator.normal([kernel_size, kernel_size, channels, 4]) /
+                   kernel_size, tf.bfloat16)
   upstream = tf.cast(tf.cast(generator.normal(_reference(inputs, kernel, 2).shape),
                              tf.bfloat16), tf.float32)
   expected = _numpy_reference(tf.cast(inputs, tf.float32), tf.cast(kernel, tf.float32), 2,
@@ -196,10 +200,12 @@ def test_strided_pointwise_kernel_gradient_bfloat16_equals_numpy_reference(
     np.testing.assert_allclose(tf.cast(value, tf.float32).numpy(), reference,
                                atol=0.02 * scale, err_msg=name)
   graph = traced.get_concrete_function(inputs, kernel).graph
-  types = {op.type for op in graph.get_operations()}
+  paddings = [op.get_attr('padding') for op in graph.get_operations()
+              if op.type == 'Conv2DBackpropFilter']
   for inner in graph._functions.values():  # pylint: disable=protected-access
-    types |= {node.op for node in inner.definition.node_def}
-  assert 'Conv2DBackpropFilter' not in types, types
+    paddings += [node.attr['padding'].s for node in inner.definition.node_def
+                 if node.op == 'Conv2DBackpropFilter']
+  assert (not paddings) if kernel_size == 1 else (paddings == [b'VALID']), paddings
 
 
 def _gradient_op_types(spec, stride):

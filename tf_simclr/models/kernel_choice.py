@@ -54,8 +54,9 @@ MIN_STEPS_TO_MEASURE = 500
 # Part of the cache key: bumped whenever our kernels change, so timings taken with older
 # code are not reused (2: stride-2 pre-padded kernel gradient, one-pixel convs as matmuls;
 # 3: the stock side's 1x1 strided kernel gradient; 4: the 1x1 strided kernel gradient
-# as a matmul, timed on our side and taken in bf16).
-KERNELS_VERSION = 4
+# as a matmul, timed on our side and taken in bf16; 5: in bf16 every stride-2 kernel
+# gradient of ours is the pre-padded / matmul one).
+KERNELS_VERSION = 5
 
 
 @dataclasses.dataclass(frozen=True)
