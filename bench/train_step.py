@@ -24,6 +24,8 @@ one JSON object:
   peak_rss_mb               peak resident memory of the process during the timed steps
   mfu_best                  as mfu, from the fastest step (on a shared CPU both the
                             fastest step and the best matmul are the least disturbed)
+  speedup_vs_float32        with --bench_compare_float32 on a bf16 run: median float32
+                            step / median bf16 step, the two alternating step by step
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ absl_flags.DEFINE_bool('bench_compare_cpu_kernels', False,
                        'Also time the step built with --cpu_kernels=ours and with '
                        '--cpu_kernels=stock, alternating with the run\'s own choice '
                        '(--cpu_kernels, auto by default), and report the speed-ups.')
+absl_flags.DEFINE_bool('bench_compare_float32', False,
+                       'With --mixed_precision=bfloat16: also time the same step built in '
+                       'float32 (its own --cpu_kernels choice), alternating step by step, '
+                       'and report the bf16 speed-up.')
 FLAGS = absl_flags.FLAGS
 
 
@@ -143,13 +149,33 @@ def compare_cpu_kernels(config: config_lib.Config, strategy: tf.distribute.Strat
           'speedup_vs_cpu_kernels_stock': medians['stock'] / medians['run']}
 
 
+def compare_float32(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                    one_step: Callable[[], Any], *, num_classes: int, steps: int,
+                    warmup_steps: int) -> dict[str, Any]:
+  """The run's (bf16) step vs the same step built in float32, alternating step by step."""
+  float32_config = config_lib.replace(config, train={'mixed_precision': 'float32'})
+  float32_step, _ = common.timed_step_fn(float32_config, strategy, num_classes, warmup_steps)
+  kernel_choice.apply_choice(one_step.kernels)  # Back to the run's (each step is traced).
+  times: dict[str, list[float]] = {'run': [], 'float32': []}
+  for _ in range(steps):
+    times['run'] += common.time_calls(one_step, 1)
+    times['float32'] += common.time_calls(float32_step, 1)
+  return {'step_seconds_alternating_precision': times['run'],
+          'step_seconds_float32': times['float32'],
+          'round_speedups_vs_float32': [other / run for other, run in
+                                        zip(times['float32'], times['run'])],
+          'float32_cpu_kernels': float32_step.kernels.summary(),
+          'speedup_vs_float32': common.median(times['float32']) / common.median(times['run'])}
+
+
 def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *,
                   num_classes: int, steps: int, warmup_steps: int,
                   matmul_sizes: list[int],
                   compare_keras_batch_norm_steps: int = 0,
                   compare_plain_conv_gradient_steps: int = 0,
                   compare_tf_defaults_steps: int = 0,
-                  compare_cpu_kernels_steps: int = 0) -> dict[str, Any]:
+                  compare_cpu_kernels_steps: int = 0,
+                  compare_float32_steps: int = 0) -> dict[str, Any]:
   """Times the training step; returns the result dict (KEYS plus details)."""
   num_replicas = strategy.num_replicas_in_sync
   global_batch = config.train.train_batch_size
@@ -188,6 +214,9 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
     comparison.update(compare_cpu_kernels(config, strategy, one_step, num_classes=num_classes,
                                           steps=compare_cpu_kernels_steps,
                                           warmup_steps=warmup_steps))
+  if compare_float32_steps and model.compute_dtype != 'float32':
+    comparison.update(compare_float32(config, strategy, one_step, num_classes=num_classes,
+                                      steps=compare_float32_steps, warmup_steps=warmup_steps))
   step_seconds = common.median(durations)
   images_per_sec = global_batch / step_seconds
 
@@ -273,7 +302,9 @@ def main(argv: list[str]) -> None:
                          compare_tf_defaults_steps=(
                              FLAGS.bench_steps if FLAGS.bench_compare_tf_defaults else 0),
                          compare_cpu_kernels_steps=(
-                             FLAGS.bench_steps if FLAGS.bench_compare_cpu_kernels else 0))
+                             FLAGS.bench_steps if FLAGS.bench_compare_cpu_kernels else 0),
+                         compare_float32_steps=(
+                             FLAGS.bench_steps if FLAGS.bench_compare_float32 else 0))
   print(f"{result['images_per_sec']:.2f} images/s "
         f"({result['step_seconds_median']:.3f} s/step median of {FLAGS.bench_steps}), "
         f"{result['model_flops_per_image'] / 1e9:.2f} GFLOP/image-step, "
@@ -300,6 +331,13 @@ def main(argv: list[str]) -> None:
           + ', '.join(f'{ours:.2f}/{stock:.2f}' for ours, stock in zip(
               result['round_speedups_vs_cpu_kernels_ours'],
               result['round_speedups_vs_cpu_kernels_stock'])), flush=True)
+  if 'speedup_vs_float32' in result:
+    print(f"bf16 vs float32 step (alternating): {result['speedup_vs_float32']:.3f}x; "
+          f"per round: " + ', '.join(f'{ratio:.2f}' for ratio in
+                                      result['round_speedups_vs_float32'])
+          + f"; float32 {result['float32_cpu_kernels']}", flush=True)
+  elif FLAGS.bench_compare_float32:
+    print('bf16 vs float32: not compared (the run computes in float32).', flush=True)
   print(json.dumps(result, sort_keys=True), flush=True)
 
 
