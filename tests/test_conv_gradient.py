@@ -365,3 +365,17 @@ def test_resnet_reusing_gradient_kernels_covers_every_fixed_padding_conv():
     for layer in convs:
       assert len(reused[id(layer.kernel)][1]) == layer.strides[0] ** 2
   assert fast_conv._reused_gradient_kernels is None  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('shape,stride', [([2, 8, 6, 3], 2), ([2, 9, 9, 4], 3), ([2, 7, 8, 3], 2),
+                                          ([1, 4, 4, 5], 4)])
+def test_subsample_equals_strided_slice(shape, stride):
+  """The reshape-and-slice subsampling (multiples of the stride) and the strided slice
+  (other sizes) both equal NumPy's x[:, ::s, ::s, :], also on a dynamic batch."""
+  values = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+  expected = values[:, ::stride, ::stride, :]
+  np.testing.assert_array_equal(fast_conv.subsample(tf.constant(values), stride).numpy(),
+                                expected)
+  traced = tf.function(lambda x: fast_conv.subsample(x, stride),
+                       input_signature=[tf.TensorSpec([None, *shape[1:]])])
+  np.testing.assert_array_equal(traced(tf.constant(values)).numpy(), expected)
