@@ -82,9 +82,10 @@ def gradient_choices() -> tuple[dict[tuple[int, ...], bool], bool]:
 
 
 def set_padded_filter_gradient_choices(choices: Mapping[tuple[int, ...], bool]) -> None:
-  """Per-shape choice of the stride > 1 kernel gradient on our path: oneDNN's on the
-  pre-padded input, or a matmul for a 1 x 1 kernel (True), or TF's with explicit
-  padding (False; unlisted shapes; a 1 x 1 kernel outside float32 is a matmul anyway).
+  """Per-shape choice of our path's second kernel gradient (True): a matmul for a
+  1 x 1 kernel, oneDNN's on the pre-padded input for a larger one at stride > 1; or
+  TF's Conv2DBackpropFilter (with explicit padding at stride > 1) (False; unlisted
+  shapes). Outside float32 (bf16) the second one is taken anyway (`filter_gradient`).
 
   Read when a layer is called (traced), so set it before building the step function.
   """
@@ -98,11 +99,12 @@ def padded_filter_gradient_choices() -> dict[tuple[int, ...], bool]:
 
 def padded_filter_gradient_applies(input_shape: Sequence[Optional[int]],
                                    kernel_shape: Sequence[int], stride: int) -> bool:
-  """Whether our path of this conv has a second kernel gradient to time: stride > 1
-  and an output of more than one pixel (one-pixel outputs are matmuls). For a kernel
-  > 1 x 1 it is oneDNN's on the pre-padded input, for a 1 x 1 kernel a matmul of the
-  subsampled input (`filter_gradient`)."""
-  return stride > 1 and not output_is_one_pixel(input_shape, stride)
+  """Whether our path of this conv has a second kernel gradient to time: a 1 x 1
+  kernel (a matmul of the, at stride > 1 subsampled, input) or stride > 1 (oneDNN's on
+  the pre-padded input), with an output of more than one pixel (one-pixel outputs are
+  matmuls anyway). See `filter_gradient`."""
+  pointwise = kernel_shape[0] == 1 and kernel_shape[1] == 1
+  return (stride > 1 or pointwise) and not output_is_one_pixel(input_shape, stride)
 
 
 def subsample(inputs: tf.Tensor, stride: int) -> tf.Tensor:
@@ -123,14 +125,16 @@ def subsample(inputs: tf.Tensor, stride: int) -> tf.Tensor:
   return tf.reshape(pixels, [batch, height // stride, width // stride, channels])
 
 
-def strided_pointwise_filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor,
-                                      stride: int) -> tf.Tensor:
+def pointwise_filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor,
+                              stride: int) -> tf.Tensor:
   """d loss / d kernel of a 1 x 1 conv at `stride` (no padding) as one matmul.
 
   Such a conv is `inputs[:, ::s, ::s, :] @ kernel`, so its kernel gradient is
-  `x_sub^T dy` summed over batch and pixels: exact, and in bf16 10-45x faster than TF's
-  explicit-padding `Conv2DBackpropFilter` (an Eigen kernel; oneDNN's 'VALID' one is
-  wrong for small channel counts on some CPUs, see `stock_conv2d`).
+  `x_sub^T dy` summed over batch and pixels: exact. In bf16 on an AMX Xeon 1.6-7.6x
+  faster than oneDNN's Conv2DBackpropFilter at stride 1 (ResNet-50 shapes, 2026-12-02),
+  and at stride 2 10-45x faster than TF's explicit-padding one (an Eigen kernel;
+  oneDNN's 'VALID' one is wrong for small channel counts on some CPUs, see
+  `stock_conv2d`). In float32 0.86-1.54x: timed per shape.
 
   Args:
     inputs: [B, H, W, C_in].
@@ -141,7 +145,7 @@ def strided_pointwise_filter_gradient(inputs: tf.Tensor, output_gradient: tf.Ten
     [1, 1, C_in, C_out].
   """
   channels, filters = inputs.shape[-1], output_gradient.shape[-1]
-  subsampled = subsample(inputs, stride)                                # [B, Ho, Wo, C_in]
+  subsampled = subsample(inputs, stride) if stride > 1 else inputs    # [B, Ho, Wo, C_in]
   gradient = tf.matmul(tf.reshape(subsampled, [-1, channels]),         # [B*Ho*Wo, C_in]
                        tf.reshape(output_gradient, [-1, filters]),     # [B*Ho*Wo, C_out]
                        transpose_a=True)                               # [C_in, C_out]
@@ -221,7 +225,7 @@ def stock_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor
   4, 5 and 7 input channels on 8x8 and 16x16 maps; right for the ResNets' 64 and more).
   On 7 ResNet shapes there the explicit one was 0.65-1.33x as fast, 1.13x in sum.
   In other dtypes than float32 (bf16) that explicit one is an Eigen kernel 10-45x
-  slower than a matmul: there it is `strided_pointwise_filter_gradient`.
+  slower than a matmul: there it is `pointwise_filter_gradient`.
   """
   if (kernel.shape[0] != 1 or kernel.shape[1] != 1 or stride == 1 or
       _accelerator_present()):
@@ -379,13 +383,20 @@ def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape:
                     stride: int, padded: bool = False) -> tf.Tensor:
   """d loss / d kernel of `_plain_conv2d`.
 
-  Stride 1 on maps of at most SMALL_MAP_PIXELS pixels: a forward convolution over the
-  batch (inputs as [C_in, H, W, B] images, dy as a [H, W, B, C_out] kernel), up to 4x
-  faster there than Conv2DBackpropFilter. Elsewhere TensorFlow's Conv2DBackpropFilter;
-  at stride > 1 with explicit padding, or with `padded` on the padded input with
-  'VALID', which oneDNN computes (a 1 x 1 kernel: `strided_pointwise_filter_gradient`,
-  a matmul). Outside float32 `padded` is always taken.
+  With `padded` (always outside float32: bf16), a 1 x 1 kernel's is one matmul
+  (`pointwise_filter_gradient`) and a larger kernel's at stride > 1 is oneDNN's
+  Conv2DBackpropFilter on the padded input with 'VALID'. Otherwise: stride 1 on maps
+  of at most SMALL_MAP_PIXELS pixels, a forward convolution over the batch (inputs as
+  [C_in, H, W, B] images, dy as a [H, W, B, C_out] kernel), up to 4x faster there than
+  Conv2DBackpropFilter; elsewhere TensorFlow's Conv2DBackpropFilter, at stride > 1 with
+  explicit padding.
   """
+  # Outside float32 (bf16) TF's explicit-padding kernel is an Eigen one, 10-45x slower
+  # than oneDNN's, and oneDNN's 1 x 1 ones are slower than a matmul: the second kernel
+  # gradient is taken whatever `padded` says.
+  padded = padded or inputs.dtype != tf.float32
+  if kernel_shape[0] == 1 and kernel_shape[1] == 1 and padded:
+    return pointwise_filter_gradient(inputs, output_gradient, stride)
   height, width = inputs.shape[1], inputs.shape[2]
   if (stride == 1 and height is not None and width is not None and
       height * width <= SMALL_MAP_PIXELS):
@@ -399,11 +410,6 @@ def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape:
     return tf.raw_ops.Conv2DBackpropFilter(
         input=inputs, filter_sizes=tf.constant(list(kernel_shape), tf.int32),
         out_backprop=output_gradient, strides=[1, 1, 1, 1], padding='SAME')
-  # Outside float32 (bf16) TF's explicit-padding kernel is an Eigen one, 10-45x slower
-  # than oneDNN's: there the second kernel gradient is taken whatever `padded` says.
-  padded = padded or inputs.dtype != tf.float32
-  if kernel_shape[0] == 1 and kernel_shape[1] == 1 and padded:
-    return strided_pointwise_filter_gradient(inputs, output_gradient, stride)
   (top, bottom), (left, right) = _paddings(kernel_shape[:2], stride)
   if padded:
     return tf.raw_ops.Conv2DBackpropFilter(

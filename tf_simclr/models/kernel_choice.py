@@ -12,9 +12,9 @@ per layer shape at start-up from timings on this CPU:
    call (`repeats` each, median), in the run's compute dtype;
 3. a shape gets our path where it was faster, else the stock one (`fast_conv.
    set_gradient_choices`, `fast_batch_norm.set_fused_choices`). Our path of a stride-2
-   conv is timed with both of its kernel gradients (explicit padding, or: oneDNN's on
-   the pre-padded input for a kernel > 1 x 1, a matmul of the subsampled input for
-   1 x 1) and takes the faster (`fast_conv.set_padded_filter_gradient_choices`).
+   or 1 x 1 conv is timed with both of its kernel gradients (TF's, or: oneDNN's on the
+   pre-padded input for a kernel > 1 x 1, a matmul of the subsampled input for 1 x 1)
+   and takes the faster (`fast_conv.set_padded_filter_gradient_choices`).
 
 Timings are cached in a JSON file keyed by the CPU (model name and flags from
 /proc/cpuinfo), the TensorFlow version, oneDNN on/off, the dtype, the batch and the
@@ -55,8 +55,9 @@ MIN_STEPS_TO_MEASURE = 500
 # code are not reused (2: stride-2 pre-padded kernel gradient, one-pixel convs as matmuls;
 # 3: the stock side's 1x1 strided kernel gradient; 4: the 1x1 strided kernel gradient
 # as a matmul, timed on our side and taken in bf16; 5: in bf16 every stride-2 kernel
-# gradient of ours is the pre-padded / matmul one).
-KERNELS_VERSION = 5
+# gradient of ours is the pre-padded / matmul one; 6: the 1x1 kernel gradient as a
+# matmul at stride 1 too).
+KERNELS_VERSION = 6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,7 @@ class KernelChoice:
   timings: dict[str, dict[str, float]]            # shape name -> {'ours', 'stock'} seconds
   measured_seconds: float                         # spent measuring (0: cached / none)
   reason: str
-  # conv_key -> our path's second stride-2 kernel gradient (pre-padded oneDNN; 1x1: matmul).
+  # conv_key -> our path's second kernel gradient (1x1: matmul; stride 2: pre-padded oneDNN).
   padded_filter_choices: dict[tuple[int, ...], bool] = dataclasses.field(default_factory=dict)
 
   def summary(self) -> str:
@@ -79,7 +80,7 @@ class KernelChoice:
     if not self.conv_choices and not self.batch_norm_choices:
       return f'cpu kernels: {"ours" if self.default else "stock"} everywhere ({self.reason}).'
     padded = sum(self.padded_filter_choices.values())
-    padded_text = (f' (pre-padded or matmul stride-2 kernel gradient on {padded})' if padded else '')
+    padded_text = (f' (pre-padded or matmul kernel gradient on {padded})' if padded else '')
     return (f'cpu kernels ({self.mode}): our conv gradient on {conv}/{len(self.conv_choices)} '
             f'conv shapes{padded_text}, fused BN on {norm}/{len(self.batch_norm_choices)} '
             f'BN shapes ({self.reason}).')
@@ -205,7 +206,8 @@ def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: i
               batch: int, dtype: tf.DType = tf.float32, repeats: int = 3,
               reused_gradient_kernels: bool = False) -> dict[str, float]:
   """Seconds of forward + both gradients of one conv layer: {'ours', 'stock'}, and
-  'ours_padded' (our path with the pre-padded kernel gradient) where that applies
+  'ours_padded' (our path with its second kernel gradient: oneDNN's on the pre-padded
+  input, or a matmul for 1 x 1) where that applies
   (`fast_conv.padded_filter_gradient_applies`).
 
   With `reused_gradient_kernels` (gradient caching: one set of input-gradient kernels
