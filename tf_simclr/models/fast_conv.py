@@ -442,8 +442,12 @@ def one_pixel_conv2d(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
   (top, _), (left, _) = _paddings([kernel_height, kernel_width], 1)
   rows, cols = min(height, kernel_height - top), min(width, kernel_width - left)
   batch = tf.shape(inputs)[0]
-  pixels = tf.reshape(inputs[:, :rows, :cols, :], [batch, rows * cols * channels])
-  taps = tf.reshape(kernel[top:top + rows, left:left + cols], [rows * cols * channels, filters])
+  # tf.slice, not [a:b] indexing: its gradient is a Pad, 1.6-2.9x faster than
+  # StridedSliceGrad here (one per micro-batch with gradient caching).
+  pixels = tf.reshape(tf.slice(inputs, [0, 0, 0, 0], [-1, rows, cols, -1]),
+                      [batch, rows * cols * channels])
+  taps = tf.reshape(tf.slice(kernel, [top, left, 0, 0], [rows, cols, -1, -1]),
+                    [rows * cols * channels, filters])
   return tf.reshape(tf.matmul(pixels, taps), [batch, 1, 1, filters])  # [B, 1, 1, C_out]
 
 
