@@ -106,6 +106,22 @@ def test_train_step_bench_prints_json_last():
   assert result['mfu'] == pytest.approx(expected_mfu)
 
 
+def test_train_step_bench_compares_bfloat16_with_float32_alternating():
+  result = _run('train_step.py', '--resnet_depth=18', '--image_size=16',
+                '--train_batch_size=4', '--bench_steps=2', '--bench_warmup_steps=1',
+                '--bench_matmul_sizes=128', '--bench_num_classes=10',
+                '--mixed_precision=bfloat16', '--force_bfloat16', '--bench_compare_float32')
+  assert result['config']['compute_dtype'] == 'bfloat16'
+  assert len(result['step_seconds_alternating_precision']) == 2
+  assert len(result['step_seconds_float32']) == 2
+  medians = [sorted(result[key])[0] + sorted(result[key])[1]
+             for key in ('step_seconds_float32', 'step_seconds_alternating_precision')]
+  assert result['speedup_vs_float32'] == pytest.approx(medians[0] / medians[1])
+  assert result['round_speedups_vs_float32'] == pytest.approx(
+      [f / b for f, b in zip(result['step_seconds_float32'],
+                             result['step_seconds_alternating_precision'])])
+
+
 @pytest.mark.slow
 def test_train_step_bench_rejects_bad_flag_in_one_line():
   result = subprocess.run(
