@@ -172,16 +172,17 @@ def test_gradients_equal_tf_gradients_bfloat16(kernel_size, stride):
                                tf.cast(reference, tf.float32).numpy(), atol=0.02 * scale)
 
 
-@pytest.mark.parametrize('side', ['ours', 'ours_matmul', 'stock'])
+@pytest.mark.parametrize('side', ['ours', 'ours_timed_tf', 'ours_timed_second', 'stock'])
 @pytest.mark.parametrize('height,width,channels,kernel_size,stride',
                          [(8, 8, 5, 1, 2), (7, 9, 3, 1, 2), (16, 16, 64, 1, 2), (8, 8, 5, 3, 2),
                           (9, 7, 3, 7, 2), (8, 8, 5, 1, 1), (7, 5, 16, 1, 1)])
 def test_kernel_gradient_bfloat16_equals_numpy_reference(
     side, height, width, channels, kernel_size, stride):
   """bf16: no explicit-padding (Eigen) Conv2DBackpropFilter, whatever the per-shape
-  choice, and on our side no Conv2DBackpropFilter for 1x1 kernels (a matmul of the
-  subsampled input; larger kernels at stride 2 oneDNN's on the padded input); the
-  float64 gradient of the same bf16 values to bf16 rounding."""
+  choice; on our side, untimed, no Conv2DBackpropFilter for 1x1 kernels (a matmul of
+  the subsampled input; larger kernels at stride 2 oneDNN's on the padded input),
+  while a timed choice of TF's kernel keeps oneDNN's at stride 1; the float64 gradient
+  of the same bf16 values to bf16 rounding."""
   generator = tf.random.Generator.from_seed(channels * 10 + height)
   inputs = tf.cast(generator.normal([3, height, width, channels]), tf.bfloat16)
   kernel = tf.cast(generator.normal([kernel_size, kernel_size, channels, 4]) /
@@ -191,8 +192,11 @@ def test_kernel_gradient_bfloat16_equals_numpy_reference(
   expected = _numpy_reference(tf.cast(inputs, tf.float32), tf.cast(kernel, tf.float32),
                               stride, upstream)
   function = {
-      'ours': lambda x, w, s: fast_conv.conv2d_with_fast_gradient(x, w, s, None, False),
-      'ours_matmul': lambda x, w, s: fast_conv.conv2d_with_fast_gradient(x, w, s, None, True),
+      'ours': fast_conv.conv2d_with_fast_gradient,  # No choice set: the default.
+      'ours_timed_tf': lambda x, w, s: fast_conv.conv2d_with_fast_gradient(
+          x, w, s, None, False),
+      'ours_timed_second': lambda x, w, s: fast_conv.conv2d_with_fast_gradient(
+          x, w, s, None, True),
       'stock': fast_conv.stock_conv2d}[side]
   traced = tf.function(lambda x, w: _gradients(function, x, w, stride, upstream))
   got = traced(inputs, kernel)
@@ -208,7 +212,9 @@ def test_kernel_gradient_bfloat16_equals_numpy_reference(
     paddings += [node.attr['padding'].s for node in inner.definition.node_def
                  if node.op == 'Conv2DBackpropFilter']
   assert b'EXPLICIT' not in paddings, paddings
-  if side != 'stock':
+  if side == 'ours_timed_tf' and stride == 1:
+    assert paddings == [b'SAME'], paddings  # oneDNN's, as timed.
+  elif side != 'stock':
     assert (not paddings) if kernel_size == 1 else (paddings == [b'VALID']), paddings
 
 

@@ -85,7 +85,8 @@ def set_padded_filter_gradient_choices(choices: Mapping[tuple[int, ...], bool]) 
   """Per-shape choice of our path's second kernel gradient (True): a matmul for a
   1 x 1 kernel, oneDNN's on the pre-padded input for a larger one at stride > 1; or
   TF's Conv2DBackpropFilter (with explicit padding at stride > 1) (False; unlisted
-  shapes). Outside float32 (bf16) the second one is taken anyway (`filter_gradient`).
+  shapes in float32). Outside float32 (bf16) unlisted shapes take the second one, and
+  at stride > 1 it is always taken there (`filter_gradient`).
 
   Read when a layer is called (traced), so set it before building the step function.
   """
@@ -380,21 +381,26 @@ def input_gradient(output_gradient: tf.Tensor, kernel: tf.Tensor, stride: int,
 
 
 def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape: Sequence[int],
-                    stride: int, padded: bool = False) -> tf.Tensor:
+                    stride: int, padded: Optional[bool] = False) -> tf.Tensor:
   """d loss / d kernel of `_plain_conv2d`.
 
-  With `padded` (always outside float32: bf16), a 1 x 1 kernel's is one matmul
-  (`pointwise_filter_gradient`) and a larger kernel's at stride > 1 is oneDNN's
-  Conv2DBackpropFilter on the padded input with 'VALID'. Otherwise: stride 1 on maps
+  With `padded`, a 1 x 1 kernel's is one matmul (`pointwise_filter_gradient`) and a
+  larger kernel's at stride > 1 is oneDNN's Conv2DBackpropFilter on the padded input
+  with 'VALID'. `padded=None` (a shape not timed) means True outside float32 (bf16),
+  False in float32; at stride > 1 outside float32 it is always True. Otherwise: stride 1 on maps
   of at most SMALL_MAP_PIXELS pixels, a forward convolution over the batch (inputs as
   [C_in, H, W, B] images, dy as a [H, W, B, C_out] kernel), up to 4x faster there than
   Conv2DBackpropFilter; elsewhere TensorFlow's Conv2DBackpropFilter, at stride > 1 with
   explicit padding.
   """
   # Outside float32 (bf16) TF's explicit-padding kernel is an Eigen one, 10-45x slower
-  # than oneDNN's, and oneDNN's 1 x 1 ones are slower than a matmul: the second kernel
-  # gradient is taken whatever `padded` says.
-  padded = padded or inputs.dtype != tf.float32
+  # than oneDNN's: never taken at stride > 1. At stride 1 the matmul is the untimed
+  # default (1.6-7.6x faster than oneDNN's 1 x 1 kernel gradient on an AMX Xeon); a
+  # timed choice may still take oneDNN's.
+  low_precision = inputs.dtype != tf.float32
+  if padded is None:
+    padded = low_precision
+  padded = padded or (low_precision and stride > 1)
   if kernel_shape[0] == 1 and kernel_shape[1] == 1 and padded:
     return pointwise_filter_gradient(inputs, output_gradient, stride)
   height, width = inputs.shape[1], inputs.shape[2]
@@ -479,14 +485,15 @@ def conv2d_with_fast_gradient(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
                               padded_filter_gradient: Optional[bool] = None) -> tf.Tensor:
   """`conv2d` with our gradient, whatever the choices (stride > 1: static H, W);
   `reused_kernels` as in `input_gradient`; `padded_filter_gradient` as `padded` in
-  `filter_gradient` (None: this shape's choice, `set_padded_filter_gradient_choices`).
+  `filter_gradient` (None: this shape's choice, `set_padded_filter_gradient_choices`,
+  or for an unlisted shape `filter_gradient`'s default).
   A one-pixel output is `one_pixel_conv2d` (a matmul; those options do not apply)."""
   input_shape = inputs.shape.as_list()
   kernel_shape = kernel.shape.as_list()
   if output_is_one_pixel(input_shape, stride):
     return one_pixel_conv2d(inputs, kernel)
   if padded_filter_gradient is None:
-    padded_filter_gradient = _padded_filter_choices.ours(
+    padded_filter_gradient = padded_filter_gradient_choices().get(
         conv_key(input_shape, kernel_shape, stride))
   if reused_kernels is not None and any(
       reused is not None and reused.dtype != kernel.dtype for reused in reused_kernels):
