@@ -389,3 +389,16 @@ def test_subsample_equals_strided_slice(shape, stride):
   traced = tf.function(lambda x: fast_conv.subsample(x, stride),
                        input_signature=[tf.TensorSpec([None, *shape[1:]])])
   np.testing.assert_array_equal(traced(tf.constant(values)).numpy(), expected)
+
+
+def test_no_second_kernel_gradient_to_time_where_bfloat16_always_takes_it():
+  """bf16 at stride 2: filter_gradient always takes the second kernel gradient, so the
+  kernel choice does not time it twice; at stride 1 (1x1) it is still a choice."""
+  assert fast_conv.padded_filter_gradient_applies([4, 8, 8, 3], [3, 3, 3, 2], 2)
+  assert not fast_conv.padded_filter_gradient_applies([4, 8, 8, 3], [3, 3, 3, 2], 2,
+                                                      tf.bfloat16)
+  assert not fast_conv.padded_filter_gradient_applies([4, 8, 8, 3], [1, 1, 3, 2], 2,
+                                                      tf.bfloat16)
+  assert fast_conv.padded_filter_gradient_applies([4, 8, 8, 3], [1, 1, 3, 2], 1, tf.bfloat16)
+  assert not fast_conv.padded_filter_gradient_applies([4, 8, 8, 3], [3, 3, 3, 2], 1,
+                                                      tf.bfloat16)

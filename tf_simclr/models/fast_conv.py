@@ -99,11 +99,15 @@ def padded_filter_gradient_choices() -> dict[tuple[int, ...], bool]:
 
 
 def padded_filter_gradient_applies(input_shape: Sequence[Optional[int]],
-                                   kernel_shape: Sequence[int], stride: int) -> bool:
+                                   kernel_shape: Sequence[int], stride: int,
+                                   dtype: tf.DType = tf.float32) -> bool:
   """Whether our path of this conv has a second kernel gradient to time: a 1 x 1
   kernel (a matmul of the, at stride > 1 subsampled, input) or stride > 1 (oneDNN's on
   the pre-padded input), with an output of more than one pixel (one-pixel outputs are
-  matmuls anyway). See `filter_gradient`."""
+  matmuls anyway). Not at stride > 1 outside float32, where `filter_gradient` always
+  takes the second one (nothing to choose)."""
+  if stride > 1 and dtype != tf.float32:
+    return False
   pointwise = kernel_shape[0] == 1 and kernel_shape[1] == 1
   return (stride > 1 or pointwise) and not output_is_one_pixel(input_shape, stride)
 
@@ -387,11 +391,11 @@ def filter_gradient(inputs: tf.Tensor, output_gradient: tf.Tensor, kernel_shape:
   With `padded`, a 1 x 1 kernel's is one matmul (`pointwise_filter_gradient`) and a
   larger kernel's at stride > 1 is oneDNN's Conv2DBackpropFilter on the padded input
   with 'VALID'. `padded=None` (a shape not timed) means True outside float32 (bf16),
-  False in float32; at stride > 1 outside float32 it is always True. Otherwise: stride 1 on maps
-  of at most SMALL_MAP_PIXELS pixels, a forward convolution over the batch (inputs as
-  [C_in, H, W, B] images, dy as a [H, W, B, C_out] kernel), up to 4x faster there than
-  Conv2DBackpropFilter; elsewhere TensorFlow's Conv2DBackpropFilter, at stride > 1 with
-  explicit padding.
+  False in float32; at stride > 1 outside float32 it is always True. Otherwise: stride
+  1 on maps of at most SMALL_MAP_PIXELS pixels, a forward convolution over the batch
+  (inputs as [C_in, H, W, B] images, dy as a [H, W, B, C_out] kernel), up to 4x faster
+  there than Conv2DBackpropFilter; elsewhere TensorFlow's Conv2DBackpropFilter, at
+  stride > 1 with explicit padding.
   """
   # Outside float32 (bf16) TF's explicit-padding kernel is an Eigen one, 10-45x slower
   # than oneDNN's: never taken at stride > 1. At stride 1 the matmul is the untimed

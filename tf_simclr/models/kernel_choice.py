@@ -236,7 +236,7 @@ def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: i
     return lambda: [gradient.numpy() for gradient in step()]
 
   sides = {'ours': ours, 'stock': fast_conv.stock_conv2d}
-  if fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride):
+  if fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride, dtype):
     sides['ours_padded'] = ours_padded
   seconds = _median_alternating(*(step_fn(side) for side in sides.values()),
                                 repeats=repeats)
@@ -336,11 +336,11 @@ def _norm_name(shape: tuple[int, ...]) -> str:
 
 
 def _conv_timed(cache: dict[str, dict[str, float]], key: str, input_shape: Sequence[int],
-                kernel_shape: Sequence[int], stride: int) -> bool:
+                kernel_shape: Sequence[int], stride: int, dtype: tf.DType) -> bool:
   """Whether the cache holds every timing `time_conv` takes for this conv."""
   return key in cache and (
       'ours_padded' in cache[key] or
-      not fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride))
+      not fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride, dtype))
 
 
 def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats: int,
@@ -350,7 +350,7 @@ def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats
   measured = 0
   for input_shape, kernel_shape, stride in convs:
     name = _conv_name(fast_conv.conv_key(input_shape, kernel_shape, stride))
-    if not _conv_timed(cache, prefix + name, input_shape, kernel_shape, stride):
+    if not _conv_timed(cache, prefix + name, input_shape, kernel_shape, stride, dtype):
       cache[prefix + name] = time_conv(input_shape, kernel_shape, stride, batch, dtype,
                                        repeats, reused_gradient_kernels)
       measured += 1
@@ -373,7 +373,8 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
   prefix = _cache_prefix(dtype, batch, reused_gradient_kernels)
   convs, norms = layer_shapes(model, image_size)
   if not measure:
-    if (any(not _conv_timed(cache, prefix + _conv_name(fast_conv.conv_key(*conv)), *conv)
+    if (any(not _conv_timed(cache, prefix + _conv_name(fast_conv.conv_key(*conv)), *conv,
+                            dtype)
             for conv in convs) or
         any(prefix + _norm_name(shape) not in cache for shape in norms)):
       return None
