@@ -118,6 +118,23 @@ def compare_alternating(config: config_lib.Config, strategy: tf.distribute.Strat
   return common.median(ours), common.median(theirs)
 
 
+def time_alternating(one_step: Callable[[], Any], others: dict[str, Callable[[], Any]],
+                     steps: int) -> dict[str, list[float]]:
+  """Step seconds of `one_step` ('run') and of each of `others`, one step of each per
+  round, so all see the same machine load.
+
+  Each step was traced with its own kernel choice; the module-level one goes back to
+  the run's first.
+  """
+  kernel_choice.apply_choice(one_step.kernels)
+  times: dict[str, list[float]] = {'run': [], **{name: [] for name in others}}
+  for _ in range(steps):
+    times['run'] += common.time_calls(one_step, 1)
+    for name, step in others.items():
+      times[name] += common.time_calls(step, 1)
+  return times
+
+
 def compare_cpu_kernels(config: config_lib.Config, strategy: tf.distribute.Strategy,
                         one_step: Callable[[], Any], *, num_classes: int, steps: int,
                         warmup_steps: int) -> dict[str, float]:
@@ -126,13 +143,7 @@ def compare_cpu_kernels(config: config_lib.Config, strategy: tf.distribute.Strat
   for mode in ('ours', 'stock'):
     other_config = config_lib.replace(config, train={'cpu_kernels': mode})
     others[mode], _ = common.timed_step_fn(other_config, strategy, num_classes, warmup_steps)
-  # Each step was traced with its own choice; the module-level one goes back to the run's.
-  kernel_choice.apply_choice(one_step.kernels)
-  times = {'run': [], 'ours': [], 'stock': []}
-  for _ in range(steps):
-    times['run'] += common.time_calls(one_step, 1)
-    for mode, step in others.items():
-      times[mode] += common.time_calls(step, 1)
+  times = time_alternating(one_step, others, steps)
   medians = {mode: common.median(values) for mode, values in times.items()}
   # Per round (one step of each, back to back): the spread of the ratio under load.
   round_ratios = {mode: [other / run for other, run in zip(times[mode], times['run'])]
@@ -155,11 +166,7 @@ def compare_float32(config: config_lib.Config, strategy: tf.distribute.Strategy,
   """The run's (bf16) step vs the same step built in float32, alternating step by step."""
   float32_config = config_lib.replace(config, train={'mixed_precision': 'float32'})
   float32_step, _ = common.timed_step_fn(float32_config, strategy, num_classes, warmup_steps)
-  kernel_choice.apply_choice(one_step.kernels)  # Back to the run's (each step is traced).
-  times: dict[str, list[float]] = {'run': [], 'float32': []}
-  for _ in range(steps):
-    times['run'] += common.time_calls(one_step, 1)
-    times['float32'] += common.time_calls(float32_step, 1)
+  times = time_alternating(one_step, {'float32': float32_step}, steps)
   return {'step_seconds_alternating_precision': times['run'],
           'step_seconds_float32': times['float32'],
           'round_speedups_vs_float32': [other / run for other, run in
