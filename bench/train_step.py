@@ -81,6 +81,10 @@ absl_flags.DEFINE_bool('bench_compare_cpu_kernels', False,
                        'Also time the step built with --cpu_kernels=ours and with '
                        '--cpu_kernels=stock, alternating with the run\'s own choice '
                        '(--cpu_kernels, auto by default), and report the speed-ups.')
+absl_flags.DEFINE_bool('bench_compare_patches', False,
+                       'Also time the step built without the convs as matmuls of patches '
+                       '(the run\'s other kernel choices kept), alternating step by step, '
+                       'and report the speed-up.')
 absl_flags.DEFINE_bool('bench_compare_float32', False,
                        'With --mixed_precision=bfloat16: also time the same step built in '
                        'float32 (its own --cpu_kernels choice), alternating step by step, '
@@ -182,7 +186,8 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
                   compare_plain_conv_gradient_steps: int = 0,
                   compare_tf_defaults_steps: int = 0,
                   compare_cpu_kernels_steps: int = 0,
-                  compare_float32_steps: int = 0) -> dict[str, Any]:
+                  compare_float32_steps: int = 0,
+                  compare_patches_steps: int = 0) -> dict[str, Any]:
   """Times the training step; returns the result dict (KEYS plus details)."""
   num_replicas = strategy.num_replicas_in_sync
   global_batch = config.train.train_batch_size
@@ -217,6 +222,14 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
     comparison.update({'step_seconds_median_alternating_defaults': ours,
                        'step_seconds_median_tf_defaults': theirs,
                        'speedup_vs_tf_defaults': theirs / ours})
+  if compare_patches_steps:
+    ours, theirs = compare_alternating(
+        config, strategy, one_step, fast_conv.set_patches_enabled,
+        fast_conv.patches_enabled(), num_classes=num_classes,
+        steps=compare_patches_steps, warmup_steps=warmup_steps)
+    comparison.update({'step_seconds_median_alternating_patches': ours,
+                       'step_seconds_median_without_patches': theirs,
+                       'speedup_vs_without_patches': theirs / ours})
   if compare_cpu_kernels_steps:
     comparison.update(compare_cpu_kernels(config, strategy, one_step, num_classes=num_classes,
                                           steps=compare_cpu_kernels_steps,
@@ -311,7 +324,9 @@ def main(argv: list[str]) -> None:
                          compare_cpu_kernels_steps=(
                              FLAGS.bench_steps if FLAGS.bench_compare_cpu_kernels else 0),
                          compare_float32_steps=(
-                             FLAGS.bench_steps if FLAGS.bench_compare_float32 else 0))
+                             FLAGS.bench_steps if FLAGS.bench_compare_float32 else 0),
+                         compare_patches_steps=(
+                             FLAGS.bench_steps if FLAGS.bench_compare_patches else 0))
   print(f"{result['images_per_sec']:.2f} images/s "
         f"({result['step_seconds_median']:.3f} s/step median of {FLAGS.bench_steps}), "
         f"{result['model_flops_per_image'] / 1e9:.2f} GFLOP/image-step, "
@@ -327,6 +342,9 @@ def main(argv: list[str]) -> None:
   if 'speedup_vs_plain_conv_gradient' in result:
     print(f"fast conv input gradient vs TF's (alternating): "
           f"{result['speedup_vs_plain_conv_gradient']:.3f}x", flush=True)
+  if 'speedup_vs_without_patches' in result:
+    print(f"with vs without the convs as matmuls of patches (alternating): "
+          f"{result['speedup_vs_without_patches']:.3f}x", flush=True)
   if 'speedup_vs_tf_defaults' in result:
     print(f"fused BN + fast conv gradient vs Keras BN + TF conv gradient (alternating): "
           f"{result['speedup_vs_tf_defaults']:.3f}x", flush=True)

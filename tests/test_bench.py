@@ -92,8 +92,9 @@ def _run(script, *args):
 def test_train_step_bench_prints_json_last():
   result = _run('train_step.py', '--resnet_depth=18', '--image_size=16',
                 '--train_batch_size=4', '--bench_steps=1', '--bench_warmup_steps=1',
-                '--bench_matmul_sizes=128', '--bench_num_classes=10')
-  for key in KEYS:
+                '--bench_matmul_sizes=128', '--bench_num_classes=10',
+                '--bench_compare_patches')
+  for key in KEYS + ('speedup_vs_without_patches',):
     assert result[key] > 0, key
   assert result['config']['cifar_stem'] and result['config']['fused_batch_norm']
   assert result['tracing_count'] == 1  # Warm-up and timed steps share one trace.

@@ -402,3 +402,64 @@ def test_no_second_kernel_gradient_to_time_where_bfloat16_always_takes_it():
   assert fast_conv.padded_filter_gradient_applies([4, 8, 8, 3], [1, 1, 3, 2], 1, tf.bfloat16)
   assert not fast_conv.padded_filter_gradient_applies([4, 8, 8, 3], [3, 3, 3, 2], 1,
                                                       tf.bfloat16)
+
+
+# Small output maps where the kernel choice may take the conv as a matmul of patches:
+# ResNet shapes (3x3 / 1x1 at stride 1 and 2 on 2x2 to 8x8 inputs), odd sizes, the 7x7
+# stride-2 stem, stride 3, even (asymmetric) kernels and non-square maps.
+PATCHES_CASES = [(4, 4, 3, 1), (3, 3, 3, 1), (2, 2, 3, 1), (8, 8, 3, 2), (6, 6, 3, 2),
+                 (7, 7, 3, 2), (5, 5, 3, 2), (8, 8, 7, 2), (6, 6, 1, 2), (7, 5, 1, 2),
+                 (4, 4, 1, 1), (2, 3, 1, 1), (9, 9, 5, 3), (4, 3, 2, 1), (7, 6, 4, 2)]
+
+
+@pytest.mark.parametrize('height,width,kernel_size,stride', PATCHES_CASES)
+def test_patches_conv_equals_numpy_reference(height, width, kernel_size, stride):
+  generator = tf.random.Generator.from_seed(kernel_size * 100 + height * 10 + width + stride)
+  inputs = generator.normal([3, height, width, 5])
+  kernel = generator.normal([kernel_size, kernel_size, 5, 4])
+  upstream = generator.normal(_reference(inputs, kernel, stride).shape)
+  expected = _numpy_reference(inputs, kernel, stride, upstream)
+  assert fast_conv.patches_applies(inputs.shape, kernel.shape, stride)
+  got = tf.function(lambda x, w: _gradients(fast_conv.patches_conv2d, x, w, stride,
+                                            upstream))(inputs, kernel)
+  for name, value, reference in zip(('outputs', 'd_inputs', 'd_kernel'), got, expected):
+    assert value.shape == reference.shape, name
+    np.testing.assert_allclose(value.numpy(), reference, rtol=1e-5, atol=1e-4,
+                               err_msg=name)
+
+
+@pytest.mark.parametrize('kernel_size,stride', [(3, 1), (3, 2), (1, 2)])
+def test_patches_conv_bfloat16_equals_numpy_reference(kernel_size, stride):
+  generator = tf.random.Generator.from_seed(7 + kernel_size + stride)
+  inputs = tf.cast(generator.normal([4, 6, 6, 16]), tf.bfloat16)
+  kernel = tf.cast(generator.normal([kernel_size, kernel_size, 16, 8]), tf.bfloat16)
+  upstream = generator.normal([4, 6 // stride, 6 // stride, 8])
+  expected = _numpy_reference(tf.cast(inputs, tf.float32), tf.cast(kernel, tf.float32),
+                              stride, upstream)
+  got = tf.function(lambda x, w: _gradients(fast_conv.patches_conv2d, x, w, stride,
+                                            upstream))(inputs, kernel)
+  for name, value, reference in zip(('outputs', 'd_inputs', 'd_kernel'), got, expected):
+    value = tf.cast(value, tf.float32).numpy()
+    # bf16 keeps 8 significant bits: relative to the largest value of the result.
+    assert np.max(np.abs(value - reference)) <= 0.02 * np.max(np.abs(reference)), name
+
+
+def test_patches_apply_to_small_outputs_and_chosen_shapes_have_no_conv_op():
+  assert fast_conv.patches_applies([4, 4, 4, 8], [3, 3, 8, 8], 1)      # 16 pixels out.
+  assert fast_conv.patches_applies([4, 8, 8, 8], [3, 3, 8, 8], 2)      # 4 x 4 out.
+  assert not fast_conv.patches_applies([4, 5, 4, 8], [3, 3, 8, 8], 1)  # 20 pixels out.
+  assert not fast_conv.patches_applies([4, 2, 2, 8], [3, 3, 8, 8], 2)  # One pixel.
+  assert not fast_conv.patches_applies([4, None, None, 8], [3, 3, 8, 8], 1)
+  key = fast_conv.conv_key([4, 8, 8, 3], [3, 3, 3, 2], 2)
+  try:
+    fast_conv.set_patches_choices({key: True})
+    types = _gradient_op_types(tf.TensorSpec([4, 8, 8, 3]), 2)
+    assert 'MatMul' in types and not any(op.startswith('Conv2D') for op in types), types
+    # Another shape, not chosen: a convolution as before.
+    assert 'Conv2D' in _gradient_op_types(tf.TensorSpec([4, 6, 6, 3]), 2)
+    # Off where our kernels are off (GPU/TPU hosts, or switched off).
+    fast_conv.set_fast_conv_gradient_enabled(False)
+    assert 'Conv2D' in _gradient_op_types(tf.TensorSpec([4, 8, 8, 3]), 2)
+  finally:
+    fast_conv.set_fast_conv_gradient_enabled(True)
+    fast_conv.set_patches_choices({})

@@ -27,6 +27,7 @@ def _restore_choices():
   yield
   fast_conv.set_gradient_choices({}, True)
   fast_conv.set_padded_filter_gradient_choices({})
+  fast_conv.set_patches_choices({})
   fast_batch_norm.set_fused_choices({}, True)
 
 
@@ -128,6 +129,59 @@ def test_cached_timings_decide_each_shape(tmp_path):
     assert (types.count('Conv2DBackpropInput'), types.count('FusedBatchNormV3')) == (
         backprop_inputs, fused), mode
   assert _filter_gradient_paddings(model) == ['EXPLICIT', 'SAME']  # 'ours' everywhere.
+
+
+def _small_map_model() -> keras.Model:
+  """A stride-2 3x3 conv to a 4x4 output (a patches candidate), then a 1x1 on 4x4."""
+  inputs = keras.Input([8, 8, 3])
+  hidden = resnet.FixedPaddingConv2D(8, 3, 2)(inputs)   # 8x8x3 -> 4x4x8
+  return keras.Model(inputs, resnet.FixedPaddingConv2D(4, 1, 1)(hidden))  # 4x4x8 -> 4
+
+
+def test_patches_are_timed_on_small_outputs_and_win_only_when_fastest(tmp_path):
+  model = _small_map_model()
+  cache_path = str(tmp_path / 'kernels.json')
+  batch = 512  # 512 x 8 x 8 pixels: enough to measure.
+  measured = kernel_choice.choose_kernels(model, mode='auto', image_size=8, batch=batch,
+                                          cache_path=cache_path, repeats=1, apply=False)
+  assert all('patches' in value for value in measured.timings.values())
+  assert set(measured.patches_choices) == {(8, 8, 3, 3, 3, 8, 2), (4, 4, 8, 1, 1, 4, 1)}
+  prefix = kernel_choice._cache_prefix(tf.float32, batch)  # pylint: disable=protected-access
+  # Patches fastest for the strided conv only; for the 1x1 one they beat stock but lose
+  # to our path with the matmul kernel gradient.
+  timings = {'conv 8x8x3x3x3x8x2': {'ours': 3.0, 'stock': 2.0, 'ours_padded': 2.5,
+                                    'patches': 1.0},
+             'conv 4x4x8x1x1x4x1': {'ours': 3.0, 'stock': 2.0, 'ours_padded': 1.0,
+                                    'patches': 1.5}}
+  with open(cache_path, 'w') as cache_file:
+    json.dump({prefix + name: value for name, value in timings.items()}, cache_file)
+  choice = kernel_choice.choose_kernels(model, mode='auto', image_size=8, batch=batch,
+                                        cache_path=cache_path)
+  assert choice.patches_choices == {(8, 8, 3, 3, 3, 8, 2): True, (4, 4, 8, 1, 1, 4, 1): False}
+  assert 'a matmul of patches on 1' in choice.summary()
+
+  def gradient_ops(images):
+    with tf.GradientTape() as tape:
+      tape.watch(images)
+      loss = tf.reduce_sum(tf.square(model(images, training=True)))
+    return tape.gradient(loss, [images] + model.trainable_variables)
+
+  graph = tf.function(gradient_ops).get_concrete_function(tf.TensorSpec([4, 8, 8, 3])).graph
+  types = [op.type for op in graph.get_operations()]
+  for function in graph._functions.values():  # pylint: disable=protected-access
+    types += [node.op for node in function.definition.node_def]
+  # The 1x1 conv (ours, matmul kernel gradient): its forward conv and its input gradient
+  # as a forward conv; the strided conv (patches): matmuls only.
+  assert types.count('Conv2D') == 2 and types.count('MatMul') >= 4, types
+  assert 'Conv2DBackpropFilter' not in types and 'Conv2DBackpropInput' not in types, types
+  # A cache from before the patches candidate lacks its timings: not used by short runs.
+  for value in timings.values():
+    del value['patches']
+  with open(cache_path, 'w') as cache_file:
+    json.dump({prefix + name: value for name, value in timings.items()}, cache_file)
+  old_cache = kernel_choice.choose_kernels(model, mode='auto', image_size=8, batch=batch,
+                                           cache_path=cache_path, total_steps=10)
+  assert not old_cache.patches_choices and 'too short' in old_cache.reason
 
 
 def test_auto_measures_caches_and_reuses(tmp_path):

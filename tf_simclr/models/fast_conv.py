@@ -25,7 +25,10 @@ faster on the Xeon, 2026-12-02). Where it does not pay off (GPU/TPU present, or
 switched off with `set_fast_conv_gradient_enabled(False)`) or cannot apply (spatial
 size unknown at trace time with stride > 1), `conv2d` is `stock_conv2d`: the plain
 convolution with TF's gradient (but never oneDNN's wrong kernel gradient of 1 x 1
-strided convs).
+strided convs). On output maps of at most 4 x 4 pixels, where `kernel_choice` measured it
+faster for the shape, the whole conv is one matmul of the input's patches
+(`patches_conv2d`; 1.3-1.8x faster than oneDNN's kernels on the 3x3, 2x2 and 4x4 maps of
+ResNet-50 on an AMX Xeon, 2026-12-02).
 """
 
 from __future__ import annotations
@@ -58,6 +61,16 @@ _choices = shape_choices.ShapeChoices()
 # measured wrong for some channel counts on an AVX2 CPU (docs/speed.md).
 _padded_filter_choices = shape_choices.ShapeChoices()
 _padded_filter_choices.set({}, default=False)
+# conv_key -> the whole conv (forward and both gradients) as one matmul of patches
+# (`patches_conv2d`, True) on small output maps; unlisted shapes: False.
+_patches_choices = shape_choices.ShapeChoices()
+_patches_choices.set({}, default=False)
+_patches_enabled = True
+# Output maps up to this many pixels (4 x 4) may be computed as a matmul of patches:
+# there oneDNN's convolutions run far below the matmul rate (1.3-1.8x slower on 3x3,
+# 2x2 and 4x4 maps of ResNet-50 on an AMX Xeon, 2026-12-02); on 6x6 and larger maps
+# the patches' copies cost more than that (measured slower for 3x3 kernels).
+PATCHES_MAX_OUTPUT_PIXELS = 16
 
 
 def conv_key(input_shape: Sequence[Optional[int]], kernel_shape: Sequence[int],
@@ -96,6 +109,98 @@ def set_padded_filter_gradient_choices(choices: Mapping[tuple[int, ...], bool]) 
 def padded_filter_gradient_choices() -> dict[tuple[int, ...], bool]:
   """The per-shape choices currently set (see `set_padded_filter_gradient_choices`)."""
   return _padded_filter_choices.get()[0]
+
+
+def set_patches_choices(choices: Mapping[tuple[int, ...], bool]) -> None:
+  """Per-shape choice of `patches_conv2d` for the whole conv (True), where it applies
+  (`patches_applies`); unlisted shapes: False. Read when a layer is called (traced)."""
+  _patches_choices.set(choices, default=False)
+
+
+def set_patches_enabled(enabled: bool) -> None:
+  """Lets the per-shape patches choices take effect (default) or not (for comparison).
+
+  Read when a layer is called (traced), so set it before building the step function.
+  """
+  global _patches_enabled
+  _patches_enabled = bool(enabled)
+
+
+def patches_enabled() -> bool:
+  return _patches_enabled
+
+
+def patches_choices() -> dict[tuple[int, ...], bool]:
+  """The per-shape choices currently set (see `set_patches_choices`)."""
+  return _patches_choices.get()[0]
+
+
+def conv_output_size(input_size: int, stride: int) -> int:
+  """Output size of one axis of `_plain_conv2d`: ceil(size / stride) (the fixed padding
+  pads k - 1 in all, 'SAME' at stride 1)."""
+  return -(-input_size // stride)
+
+
+def patches_applies(input_shape: Sequence[Optional[int]], kernel_shape: Sequence[int],
+                    stride: int) -> bool:
+  """Whether `patches_conv2d` is a candidate for this conv: static H, W and an output
+  of 2 to PATCHES_MAX_OUTPUT_PIXELS pixels (one pixel: `one_pixel_conv2d` already)."""
+  height, width = input_shape[1], input_shape[2]
+  if height is None or width is None or output_is_one_pixel(input_shape, stride):
+    return False
+  pixels = conv_output_size(height, stride) * conv_output_size(width, stride)
+  return pixels <= PATCHES_MAX_OUTPUT_PIXELS
+
+
+def patches_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
+  """`_plain_conv2d` as one matmul of the input's patches (im2col), gradients included.
+
+  A 1 x 1 conv is `x[:, ::s, ::s] @ w` over pixels. A larger kernel's input is padded
+  (fixed padding, plus zero rows / columns no window reads to make H, W multiples of
+  s) and, at stride s > 1, rearranged by `space_to_depth` so that every tap's pixels
+  are one contiguous `tf.slice` (phase (i mod s, j mod s), offset (i // s, j // s));
+  the kh * kw slices, concatenated along channels, are the patches
+  [B * Ho * Wo, kh * kw * C_in], multiplied by the kernel as [kh * kw * C_in, C_out].
+  The gradients are the matmul's, and for the input the slices' (pads, summed) and
+  the rearrangement's: no conv kernel is left. Exact (same products, other order);
+  the patches take kh * kw times the input's memory, so use it on small output maps
+  (`patches_applies`), where the kernel choice times it per shape.
+
+  Args:
+    inputs: [B, H, W, C_in], H and W static.
+    kernel: [kh, kw, C_in, C_out].
+    stride: both axes.
+
+  Returns:
+    [B, Ho, Wo, C_out].
+  """
+  _, height, width, channels = inputs.shape
+  kernel_height, kernel_width, _, filters = kernel.shape
+  out_height, out_width = conv_output_size(height, stride), conv_output_size(width, stride)
+  batch = tf.shape(inputs)[0]
+  if kernel_height == 1 and kernel_width == 1:
+    pixels = subsample(inputs, stride) if stride > 1 else inputs          # [B, Ho, Wo, C_in]
+    outputs = tf.matmul(tf.reshape(pixels, [-1, channels]),               # [B*Ho*Wo, C_in]
+                        tf.reshape(kernel, [channels, filters]))          # [B*Ho*Wo, C_out]
+    return tf.reshape(outputs, [batch, out_height, out_width, filters])
+  (top, _), (left, _) = _paddings((kernel_height, kernel_width), stride)
+  # Padded rows the windows read, rounded up to a multiple of the stride.
+  rows = stride * -(-((out_height - 1) * stride + kernel_height) // stride)
+  cols = stride * -(-((out_width - 1) * stride + kernel_width) // stride)
+  padded = _pad_or_crop(inputs, 1, top, rows - height - top)
+  padded = _pad_or_crop(padded, 2, left, cols - width - left)              # [B, rows, cols, C_in]
+  if stride > 1:
+    padded = tf.nn.space_to_depth(padded, stride)  # [B, rows/s, cols/s, s*s*C_in]
+  taps = []
+  for row in range(kernel_height):
+    for col in range(kernel_width):
+      phase = (row % stride) * stride + col % stride
+      taps.append(tf.slice(padded, [0, row // stride, col // stride, phase * channels],
+                           [-1, out_height, out_width, channels]))
+  patches = tf.reshape(tf.concat(taps, axis=-1),
+                       [-1, kernel_height * kernel_width * channels])  # [B*Ho*Wo, kh*kw*C_in]
+  outputs = tf.matmul(patches, tf.reshape(kernel, [-1, filters]))      # [B*Ho*Wo, C_out]
+  return tf.reshape(outputs, [batch, out_height, out_width, filters])
 
 
 def padded_filter_gradient_applies(input_shape: Sequence[Optional[int]],
@@ -475,8 +580,13 @@ def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
   Returns:
     [B, Ho, Wo, C_out]; its input gradient by forward convolutions on CPU.
   """
-  _choices.record((tuple(inputs.shape.as_list()), tuple(kernel.shape.as_list()), stride))
-  if not uses_fast_gradient(inputs, stride, kernel.shape.as_list()):
+  input_shape, kernel_shape = inputs.shape.as_list(), kernel.shape.as_list()
+  _choices.record((tuple(input_shape), tuple(kernel_shape), stride))
+  if (_enabled and _patches_enabled and not _accelerator_present() and
+      _patches_choices.ours(conv_key(input_shape, kernel_shape, stride)) and
+      patches_applies(input_shape, kernel_shape, stride)):
+    return patches_conv2d(inputs, kernel, stride)
+  if not uses_fast_gradient(inputs, stride, kernel_shape):
     return stock_conv2d(inputs, kernel, stride)
   reused = None
   if _reused_gradient_kernels is not None and kernel_variable is not None:

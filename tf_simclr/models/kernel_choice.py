@@ -14,7 +14,10 @@ per layer shape at start-up from timings on this CPU:
    set_gradient_choices`, `fast_batch_norm.set_fused_choices`). Our path of a stride-2
    or 1 x 1 conv is timed with both of its kernel gradients (TF's, or: oneDNN's on the
    pre-padded input for a kernel > 1 x 1, a matmul of the subsampled input for 1 x 1)
-   and takes the faster (`fast_conv.set_padded_filter_gradient_choices`).
+   and takes the faster (`fast_conv.set_padded_filter_gradient_choices`). On output
+   maps of at most 4 x 4 pixels the whole conv as one matmul of patches
+   (`fast_conv.patches_conv2d`) is timed too, and taken where it beats every other
+   side (`fast_conv.set_patches_choices`).
 
 Timings are cached in a JSON file keyed by the CPU (model name and flags from
 /proc/cpuinfo), the TensorFlow version, oneDNN on/off, the dtype, the batch and the
@@ -56,8 +59,9 @@ MIN_STEPS_TO_MEASURE = 500
 # 3: the stock side's 1x1 strided kernel gradient; 4: the 1x1 strided kernel gradient
 # as a matmul, timed on our side and taken in bf16; 5: in bf16 every stride-2 kernel
 # gradient of ours is the pre-padded / matmul one; 6: the 1x1 kernel gradient as a
-# matmul at stride 1 too; 7: in bf16 that one is timed against oneDNN's at stride 1).
-KERNELS_VERSION = 7
+# matmul at stride 1 too; 7: in bf16 that one is timed against oneDNN's at stride 1;
+# 8: the conv as a matmul of patches on small output maps).
+KERNELS_VERSION = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +76,8 @@ class KernelChoice:
   reason: str
   # conv_key -> our path's second kernel gradient (1x1: matmul; stride 2: pre-padded oneDNN).
   padded_filter_choices: dict[tuple[int, ...], bool] = dataclasses.field(default_factory=dict)
+  # conv_key -> the whole conv as one matmul of patches (small output maps).
+  patches_choices: dict[tuple[int, ...], bool] = dataclasses.field(default_factory=dict)
 
   def summary(self) -> str:
     """One line: how many shapes take our path, per kind."""
@@ -81,8 +87,10 @@ class KernelChoice:
       return f'cpu kernels: {"ours" if self.default else "stock"} everywhere ({self.reason}).'
     padded = sum(self.padded_filter_choices.values())
     padded_text = (f' (pre-padded or matmul kernel gradient on {padded})' if padded else '')
+    patches = sum(self.patches_choices.values())
+    patches_text = f', a matmul of patches on {patches}' if patches else ''
     return (f'cpu kernels ({self.mode}): our conv gradient on {conv}/{len(self.conv_choices)} '
-            f'conv shapes{padded_text}, fused BN on {norm}/{len(self.batch_norm_choices)} '
+            f'conv shapes{padded_text}{patches_text}, fused BN on {norm}/{len(self.batch_norm_choices)} '
             f'BN shapes ({self.reason}).')
 
 
@@ -205,10 +213,11 @@ def _median_alternating(*functions: Callable[[], Any], repeats: int) -> tuple[fl
 def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: int,
               batch: int, dtype: tf.DType = tf.float32, repeats: int = 3,
               reused_gradient_kernels: bool = False) -> dict[str, float]:
-  """Seconds of forward + both gradients of one conv layer: {'ours', 'stock'}, and
+  """Seconds of forward + both gradients of one conv layer: {'ours', 'stock'},
   'ours_padded' (our path with its second kernel gradient: oneDNN's on the pre-padded
   input, or a matmul for 1 x 1) where that applies
-  (`fast_conv.padded_filter_gradient_applies`).
+  (`fast_conv.padded_filter_gradient_applies`), and 'patches' (`fast_conv.
+  patches_conv2d`) where that applies (`fast_conv.patches_applies`).
 
   With `reused_gradient_kernels` (gradient caching: one set of input-gradient kernels
   per step, reused by every micro-batch) ours is timed with them computed beforehand.
@@ -238,6 +247,8 @@ def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: i
   sides = {'ours': ours, 'stock': fast_conv.stock_conv2d}
   if fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride, dtype):
     sides['ours_padded'] = ours_padded
+  if fast_conv.patches_applies(input_shape, kernel_shape, stride):
+    sides['patches'] = fast_conv.patches_conv2d
   seconds = _median_alternating(*(step_fn(side) for side in sides.values()),
                                 repeats=repeats)
   return dict(zip(sides, seconds))
@@ -324,6 +335,7 @@ def apply_choice(choice: KernelChoice) -> None:
   """Sets `choice` in fast_conv / fast_batch_norm (read when the step is traced)."""
   fast_conv.set_gradient_choices(choice.conv_choices, choice.default)
   fast_conv.set_padded_filter_gradient_choices(choice.padded_filter_choices)
+  fast_conv.set_patches_choices(choice.patches_choices)
   fast_batch_norm.set_fused_choices(choice.batch_norm_choices, choice.default)
 
 
@@ -340,7 +352,9 @@ def _conv_timed(cache: dict[str, dict[str, float]], key: str, input_shape: Seque
   """Whether the cache holds every timing `time_conv` takes for this conv."""
   return key in cache and (
       'ours_padded' in cache[key] or
-      not fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride, dtype))
+      not fast_conv.padded_filter_gradient_applies(input_shape, kernel_shape, stride, dtype)
+  ) and ('patches' in cache[key] or
+         not fast_conv.patches_applies(input_shape, kernel_shape, stride))
 
 
 def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats: int,
@@ -381,6 +395,7 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
   timings: dict[str, dict[str, float]] = {}
   conv_choices: dict[tuple[int, ...], bool] = {}
   padded_choices: dict[tuple[int, ...], bool] = {}
+  patches_choices: dict[tuple[int, ...], bool] = {}
   norm_choices: dict[tuple[int, ...], bool] = {}
   start = time.perf_counter()
   # One small tf.function per shape and side: TF's retracing warning is expected here.
@@ -400,6 +415,8 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
     conv_choices[key] = ours <= timings[name]['stock']
     if 'ours_padded' in timings[name]:
       padded_choices[key] = timings[name]['ours_padded'] < timings[name]['ours']
+    if 'patches' in timings[name]:
+      patches_choices[key] = timings[name]['patches'] < min(ours, timings[name]['stock'])
   for shape in norms:
     name = _norm_name(shape)
     timings[name] = cache[prefix + name]
@@ -410,7 +427,7 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
   reason = (f'measured {measured} shapes in {seconds:.0f} s' if measured else
             f'timings cached in {cache_path}')
   return KernelChoice('auto', conv_choices, norm_choices, True, timings,
-                      seconds if measured else 0.0, reason, padded_choices)
+                      seconds if measured else 0.0, reason, padded_choices, patches_choices)
 
 
 def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
