@@ -457,9 +457,14 @@ def test_patches_apply_to_small_outputs_and_chosen_shapes_have_no_conv_op():
     assert 'MatMul' in types and not any(op.startswith('Conv2D') for op in types), types
     # Another shape, not chosen: a convolution as before.
     assert 'Conv2D' in _gradient_op_types(tf.TensorSpec([4, 6, 6, 3]), 2)
+    # Switched off for comparison (bench/train_step.py --bench_compare_patches).
+    fast_conv.set_patches_enabled(False)
+    assert 'Conv2D' in _gradient_op_types(tf.TensorSpec([4, 8, 8, 3]), 2)
+    fast_conv.set_patches_enabled(True)
     # Off where our kernels are off (GPU/TPU hosts, or switched off).
     fast_conv.set_fast_conv_gradient_enabled(False)
     assert 'Conv2D' in _gradient_op_types(tf.TensorSpec([4, 8, 8, 3]), 2)
   finally:
     fast_conv.set_fast_conv_gradient_enabled(True)
+    fast_conv.set_patches_enabled(True)
     fast_conv.set_patches_choices({})
