@@ -183,11 +183,16 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
       return [total + tf.cast(gradient, total.dtype)
               for total, gradient in zip(totals, gradients)]
 
+    def first(gradients: Sequence[Optional[tf.Tensor]]) -> list[tf.Tensor]:
+      """The first micro-batch's gradients as the running sums (no zeros + g)."""
+      unreached.update(index for index, gradient in enumerate(gradients) if gradient is None)
+      return [tf.zeros(variable.shape, tf.float32) if gradient is None
+              else tf.cast(gradient, tf.float32)
+              for gradient, variable in zip(gradients, variables)]
+
     # The input-gradient kernels (transposed, flipped, per-phase weights) once per step,
     # not once per micro-batch: the weights do not change until the update.
     with resnet.reusing_gradient_kernels(model):
-      gradient_sums = [tf.zeros(v.shape, tf.float32) for v in variables]
-      statistic_sums = [tf.zeros_like(value) for value in initial_statistics]
       supervised_sums = tf.zeros([2])
       if pretrain:
         # Pass 1: projections of micro-batches 0..n-2, no tape, BN statistics restored.
@@ -241,12 +246,14 @@ def build_train_step(config: config_lib.Config, model: keras.Model,
           targets.append(last_cross_entropy)
           upstream.append(tf.constant(1.0 / (supervised_rows * num_replicas)))
           supervised_sums = tf.stack([last_cross_entropy, last_correct])
-        gradient_sums = add(gradient_sums, last_tape.gradient(
-            targets, variables, output_gradients=upstream))
-        statistic_sums = [tf.cast(value, total.dtype)
-                          for total, value in zip(statistic_sums, last_statistics)]
+        gradient_sums = first(last_tape.gradient(targets, variables,
+                                                 output_gradients=upstream))
+        statistic_sums = [tf.cast(value, initial.dtype)
+                          for initial, value in zip(initial_statistics, last_statistics)]
         num_pass2 = num_micro - 1
       else:
+        gradient_sums = [tf.zeros(v.shape, tf.float32) for v in variables]
+        statistic_sums = [tf.zeros_like(value) for value in initial_statistics]
         num_pass2 = num_micro
 
       # Pass 2: forward + backward of each micro-batch with the cached upstream gradient.
