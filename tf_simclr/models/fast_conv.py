@@ -27,8 +27,8 @@ size unknown at trace time with stride > 1), `conv2d` is `stock_conv2d`: the pla
 convolution with TF's gradient (but never oneDNN's wrong kernel gradient of 1 x 1
 strided convs). On output maps of at most 4 x 4 pixels, where `kernel_choice` measured it
 faster for the shape, the whole conv is one matmul of the input's patches
-(`patches_conv2d`; 1.3-1.8x faster than oneDNN's kernels on the 3x3, 2x2 and 4x4 maps of
-ResNet-50 on an AMX Xeon, 2026-12-02).
+(`patches_conv2d`; on an AMX Xeon, 2026-12-02, 1.3-1.8x faster than the best other path
+on ResNet-50's 3x3 maps at 96 px).
 """
 
 from __future__ import annotations
@@ -67,9 +67,10 @@ _patches_choices = shape_choices.ShapeChoices()
 _patches_choices.set({}, default=False)
 _patches_enabled = True
 # Output maps up to this many pixels (4 x 4) may be computed as a matmul of patches:
-# there oneDNN's convolutions run far below the matmul rate (1.3-1.8x slower on 3x3,
-# 2x2 and 4x4 maps of ResNet-50 on an AMX Xeon, 2026-12-02); on 6x6 and larger maps
-# the patches' copies cost more than that (measured slower for 3x3 kernels).
+# there oneDNN's convolutions run far below the matmul rate (forward + gradients on an
+# AMX Xeon, 2026-12-02: patches 1.3-1.8x faster on ResNet-50's 3x3 maps at 96 px,
+# 1.0-1.6x on its 2x2 and 4x4 maps at 32 px, timed per shape); on 6x6 and larger maps
+# the patches' copies cost more than that (3x3 kernels 1.3-2.1x slower).
 PATCHES_MAX_OUTPUT_PIXELS = 16
 
 

@@ -90,8 +90,8 @@ class KernelChoice:
     patches = sum(self.patches_choices.values())
     patches_text = f', a matmul of patches on {patches}' if patches else ''
     return (f'cpu kernels ({self.mode}): our conv gradient on {conv}/{len(self.conv_choices)} '
-            f'conv shapes{padded_text}{patches_text}, fused BN on {norm}/{len(self.batch_norm_choices)} '
-            f'BN shapes ({self.reason}).')
+            f'conv shapes{padded_text}{patches_text}, fused BN on '
+            f'{norm}/{len(self.batch_norm_choices)} BN shapes ({self.reason}).')
 
 
 def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> dict[str, Any]:
