@@ -199,37 +199,25 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
   durations = common.time_calls(one_step, steps)
   peak_rss = common.peak_rss_mb()
   comparison = {}
-  if compare_keras_batch_norm_steps:
-    ours, theirs = compare_alternating(
-        config, strategy, one_step, fast_batch_norm.set_fused_batch_norm_enabled,
-        fast_batch_norm.fused_batch_norm_enabled(), num_classes=num_classes,
-        steps=compare_keras_batch_norm_steps, warmup_steps=warmup_steps)
-    comparison.update({'step_seconds_median_alternating': ours,
-                       'step_seconds_median_keras_batch_norm': theirs,
-                       'speedup_vs_keras_batch_norm': theirs / ours})
-  if compare_plain_conv_gradient_steps:
-    ours, theirs = compare_alternating(
-        config, strategy, one_step, fast_conv.set_fast_conv_gradient_enabled,
-        fast_conv.fast_conv_gradient_enabled(), num_classes=num_classes,
-        steps=compare_plain_conv_gradient_steps, warmup_steps=warmup_steps)
-    comparison.update({'step_seconds_median_alternating_conv': ours,
-                       'step_seconds_median_plain_conv_gradient': theirs,
-                       'speedup_vs_plain_conv_gradient': theirs / ours})
-  if compare_tf_defaults_steps:
-    ours, theirs = compare_alternating(
-        config, strategy, one_step, set_tf_defaults, True, num_classes=num_classes,
-        steps=compare_tf_defaults_steps, warmup_steps=warmup_steps)
-    comparison.update({'step_seconds_median_alternating_defaults': ours,
-                       'step_seconds_median_tf_defaults': theirs,
-                       'speedup_vs_tf_defaults': theirs / ours})
-  if compare_patches_steps:
-    ours, theirs = compare_alternating(
-        config, strategy, one_step, fast_conv.set_patches_enabled,
-        fast_conv.patches_enabled(), num_classes=num_classes,
-        steps=compare_patches_steps, warmup_steps=warmup_steps)
-    comparison.update({'step_seconds_median_alternating_patches': ours,
-                       'step_seconds_median_without_patches': theirs,
-                       'speedup_vs_without_patches': theirs / ours})
+  # (steps, switch, its value in this run, key of our median, what the other step is).
+  switches = (
+      (compare_keras_batch_norm_steps, fast_batch_norm.set_fused_batch_norm_enabled,
+       fast_batch_norm.fused_batch_norm_enabled(), 'alternating', 'keras_batch_norm'),
+      (compare_plain_conv_gradient_steps, fast_conv.set_fast_conv_gradient_enabled,
+       fast_conv.fast_conv_gradient_enabled(), 'alternating_conv', 'plain_conv_gradient'),
+      (compare_tf_defaults_steps, set_tf_defaults, True, 'alternating_defaults',
+       'tf_defaults'),
+      (compare_patches_steps, fast_conv.set_patches_enabled, fast_conv.patches_enabled(),
+       'alternating_patches', 'without_patches'),
+  )
+  for switch_steps, set_enabled, enabled, run_name, other_name in switches:
+    if switch_steps:
+      ours, theirs = compare_alternating(
+          config, strategy, one_step, set_enabled, enabled, num_classes=num_classes,
+          steps=switch_steps, warmup_steps=warmup_steps)
+      comparison.update({f'step_seconds_median_{run_name}': ours,
+                         f'step_seconds_median_{other_name}': theirs,
+                         f'speedup_vs_{other_name}': theirs / ours})
   if compare_cpu_kernels_steps:
     comparison.update(compare_cpu_kernels(config, strategy, one_step, num_classes=num_classes,
                                           steps=compare_cpu_kernels_steps,
