@@ -101,27 +101,6 @@ KEYS = ('images_per_sec', 'model_flops_per_image', 'matmul_flops_per_sec_fp32',
         'matmul_flops_per_sec_bf16', 'mfu', 'peak_rss_mb')
 
 
-def compare_alternating(config: config_lib.Config, strategy: tf.distribute.Strategy,
-                        one_step: Callable[[], Any], set_enabled: Callable[[bool], None],
-                        enabled: bool, *, num_classes: int, steps: int,
-                        warmup_steps: int) -> tuple[float, float]:
-  """Times `one_step` against the same step built with `set_enabled(False)`.
-
-  The two steps alternate, so both see the same machine load. Returns the median step
-  seconds (ours, theirs).
-  """
-  set_enabled(False)
-  try:
-    other_step, _ = common.timed_step_fn(config, strategy, num_classes, warmup_steps)
-  finally:
-    set_enabled(enabled)
-  ours, theirs = [], []
-  for _ in range(steps):
-    ours += common.time_calls(one_step, 1)
-    theirs += common.time_calls(other_step, 1)
-  return common.median(ours), common.median(theirs)
-
-
 def time_alternating(one_step: Callable[[], Any], others: dict[str, Callable[[], Any]],
                      steps: int) -> dict[str, list[float]]:
   """Step seconds of `one_step` ('run') and of each of `others`, one step of each per
@@ -137,6 +116,24 @@ def time_alternating(one_step: Callable[[], Any], others: dict[str, Callable[[],
     for name, step in others.items():
       times[name] += common.time_calls(step, 1)
   return times
+
+
+def compare_alternating(config: config_lib.Config, strategy: tf.distribute.Strategy,
+                        one_step: Callable[[], Any], set_enabled: Callable[[bool], None],
+                        enabled: bool, *, num_classes: int, steps: int,
+                        warmup_steps: int) -> tuple[float, float]:
+  """Times `one_step` against the same step built with `set_enabled(False)`.
+
+  The two steps alternate, so both see the same machine load. Returns the median step
+  seconds (ours, theirs).
+  """
+  set_enabled(False)
+  try:
+    other_step, _ = common.timed_step_fn(config, strategy, num_classes, warmup_steps)
+  finally:
+    set_enabled(enabled)
+  times = time_alternating(one_step, {'other': other_step}, steps)
+  return common.median(times['run']), common.median(times['other'])
 
 
 def compare_cpu_kernels(config: config_lib.Config, strategy: tf.distribute.Strategy,

@@ -294,11 +294,25 @@ def _accelerator_present() -> bool:
           isinstance(tf.distribute.get_strategy(), tf.distribute.TPUStrategy))
 
 
+def _our_paths_active() -> bool:
+  """Our conv paths are on (`set_fast_conv_gradient_enabled`) and this is a CPU run."""
+  return _enabled and not _accelerator_present()
+
+
+def uses_patches(input_shape: Sequence[Optional[int]], kernel_shape: Sequence[int],
+                 stride: int) -> bool:
+  """Whether `conv2d` computes this conv by `patches_conv2d` (its per-shape choice,
+  see `set_patches_choices`, and `set_patches_enabled`)."""
+  return (_our_paths_active() and _patches_enabled and
+          _patches_choices.ours(conv_key(input_shape, kernel_shape, stride)) and
+          patches_applies(input_shape, kernel_shape, stride))
+
+
 def uses_fast_gradient(inputs: tf.Tensor, stride: int,
                        kernel_shape: Optional[Sequence[int]] = None) -> bool:
   """Whether `conv2d` takes the custom-gradient path for this input (and kernel: its
   per-shape choice, see `set_gradient_choices`)."""
-  if not _enabled or _accelerator_present():
+  if not _our_paths_active():
     return False
   if kernel_shape is not None and not _choices.ours(
       conv_key(inputs.shape, kernel_shape, stride)):
@@ -583,9 +597,7 @@ def conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int,
   """
   input_shape, kernel_shape = inputs.shape.as_list(), kernel.shape.as_list()
   _choices.record((tuple(input_shape), tuple(kernel_shape), stride))
-  if (_enabled and _patches_enabled and not _accelerator_present() and
-      _patches_choices.ours(conv_key(input_shape, kernel_shape, stride)) and
-      patches_applies(input_shape, kernel_shape, stride)):
+  if uses_patches(input_shape, kernel_shape, stride):
     return patches_conv2d(inputs, kernel, stride)
   if not uses_fast_gradient(inputs, stride, kernel_shape):
     return stock_conv2d(inputs, kernel, stride)
