@@ -11,6 +11,11 @@ and `--cpu_kernels=stock`), the official google-research/simclr tf2 step
 when torch imports. Prints the CPU (model, whether it has avx512f / avx512_bf16 /
 amx_bf16), a markdown table (images/s and ours / peer ratios) and a last JSON line with
 every number and the full CPU flag list.
+
+`--isa_limit=avx2` caps every process's kernels to that instruction set (oneDNN in
+TensorFlow and PyTorch: ONEDNN_MAX_CPU_ISA; PyTorch's MKL matmuls and ATen kernels:
+MKL_ENABLE_INSTRUCTIONS, ATEN_CPU_CAPABILITY): AVX2 code paths measured on an AVX-512
+CPU. A proxy, not an AVX2 CPU: the core, caches and memory stay this machine's.
 """
 
 from __future__ import annotations
@@ -35,11 +40,20 @@ CONFIGS = {
     'r50_imagenet_128': (50, 'imagenet', 128, 32),
 }
 FLAGS_OF_INTEREST = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile')
+# --isa_limit: the environment that caps each library's kernels to that instruction set.
+ISA_LIMITS = {
+    'avx2': {'ONEDNN_MAX_CPU_ISA': 'AVX2', 'MKL_ENABLE_INSTRUCTIONS': 'AVX2',
+             'ATEN_CPU_CAPABILITY': 'avx2'},
+    'avx512_core': {'ONEDNN_MAX_CPU_ISA': 'AVX512_CORE', 'MKL_ENABLE_INSTRUCTIONS': 'AVX512',
+                    'ATEN_CPU_CAPABILITY': 'avx512'},
+}
 
 
-def _last_json(command: list[str], timeout: float) -> Optional[dict[str, Any]]:
-  """Runs `command`; its last stdout line as JSON, or None (the error on stderr)."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+def _last_json(command: list[str], timeout: float, extra_env: dict[str, str]
+               ) -> Optional[dict[str, Any]]:
+  """Runs `command` (with `extra_env`); its last stdout line as JSON, or None (the
+  error on stderr)."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **extra_env)
   try:
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                             env=env, check=False)
@@ -64,7 +78,12 @@ def main() -> None:
                       help='A Python interpreter with torch for the PyTorch peer (e.g. '
                            'another virtual environment); default: this one.')
   parser.add_argument('--timeout', type=float, default=3600)
+  parser.add_argument('--isa_limit', default='', choices=['', *ISA_LIMITS],
+                      help='Cap every process\'s kernels to this instruction set (a proxy '
+                           'for a CPU without the newer ones); empty: no cap.')
   args = parser.parse_args()
+  extra_env = ISA_LIMITS.get(args.isa_limit, {})
+  os.environ.update(extra_env)  # This process's record of the CPU says so too.
   from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
   cpu = kernel_choice.cpu_description()
   has = {flag: flag in cpu['flags'] for flag in FLAGS_OF_INTEREST}
@@ -74,7 +93,8 @@ def main() -> None:
     torch_available = subprocess.run([args.pytorch_python, '-c', 'import torch'],
                                      capture_output=True, check=False).returncode == 0
   print(f"CPU: {cpu['model']}; {os.cpu_count()} logical CPUs; "
-        + ', '.join(f'{flag} {"yes" if value else "no"}' for flag, value in has.items()),
+        + ', '.join(f'{flag} {"yes" if value else "no"}' for flag, value in has.items())
+        + (f'; kernels capped to {args.isa_limit} ({extra_env})' if extra_env else ''),
         flush=True)
   rows, results = [], {}
   for name in args.configs.split(','):
@@ -85,20 +105,20 @@ def main() -> None:
         f'--train_batch_size={batch}', f'--bench_steps={args.steps}',
         '--bench_warmup_steps=1', '--cpu_kernels=auto', '--bench_compare_cpu_kernels',
         '--train_steps=1000',  # As a long run: `auto` times each shape (or reads its cache).
-        '--bench_matmul_sizes=2048'], args.timeout)
+        '--bench_matmul_sizes=2048'], args.timeout, extra_env)
     official = None
     if args.official_tf2_dir:
       official = _last_json([
           sys.executable, os.path.join(BENCH_DIR, 'peer_official_tf2.py'),
           f'--official_tf2_dir={args.official_tf2_dir}', f'--depth={depth}', f'--stem={stem}',
           f'--image_size={size}', f'--batch_size={batch}', f'--steps={args.steps}',
-          '--warmup_steps=1'], args.timeout)
+          '--warmup_steps=1'], args.timeout, extra_env)
     pytorch = None
     if torch_available:
       pytorch = _last_json([
           args.pytorch_python, os.path.join(BENCH_DIR, 'peer_pytorch.py'), f'--depth={depth}',
           f'--stem={stem}', f'--image_size={size}', f'--batch_size={batch}',
-          f'--steps={args.steps}', '--warmup_steps=1'], args.timeout)
+          f'--steps={args.steps}', '--warmup_steps=1'], args.timeout, extra_env)
     results[name] = {'ours': ours, 'official_tf2': official, 'pytorch': pytorch}
 
     def rate(result: Optional[dict[str, Any]]) -> Optional[float]:
@@ -122,7 +142,7 @@ def main() -> None:
         '|---|---|---|---|---|---|---|---|', flush=True)
   print('\n'.join(rows), flush=True)
   print(json.dumps({'date': datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                    'cpu': cpu, 'cpu_flags_of_interest': has,
+                    'cpu': cpu, 'cpu_flags_of_interest': has, 'isa_limit_env': extra_env,
                     'torch_available': torch_available, 'results': results}), flush=True)
 
 

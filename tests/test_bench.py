@@ -203,3 +203,21 @@ def test_precision_curve_compares_precision_against_seed_noise():
   curves['bfloat16'][1] = curves['bfloat16'][1][:2]
   with pytest.raises(ValueError, match='bfloat16, seed 1: logged steps differ'):
     precision_curve.compare_curves(curves)
+
+
+def test_cpu_kinds_isa_limit_reaches_its_processes_and_caps_onednn():
+  """`bench/cpu_kinds.py --isa_limit=avx2`: each measured process gets the cap, and
+  TensorFlow's oneDNN then runs AVX2 kernels (its verbose log names the ISA)."""
+  from bench import cpu_kinds  # pylint: disable=import-outside-toplevel
+  cap = cpu_kinds.ISA_LIMITS['avx2']
+  seen = cpu_kinds._last_json(  # pylint: disable=protected-access
+      [sys.executable, '-c', 'import json, os; print(json.dumps([os.environ.get(name) for '
+       f'name in {sorted(cap)!r}]))'], 120, cap)
+  assert seen == [cap[name] for name in sorted(cap)]
+  code = ('import tensorflow as tf; '
+          'tf.nn.conv2d(tf.ones([1, 8, 8, 16]), tf.ones([3, 3, 16, 16]), 1, "SAME")')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300, check=True,
+                          env=dict(os.environ, ONEDNN_VERBOSE='1', **cap))
+  isa_lines = [line for line in result.stdout.splitlines() if ',isa:' in line]
+  assert isa_lines and isa_lines[0].endswith('isa:Intel AVX2'), isa_lines

@@ -236,3 +236,21 @@ def test_small_steps_and_short_runs_keep_ours_and_bad_mode_is_named(tmp_path):
 def test_cpu_description_has_flags():
   description = kernel_choice.cpu_description()
   assert isinstance(description['flags'], list)
+
+
+def test_isa_limit_is_recorded_and_keys_its_own_cached_timings(monkeypatch):
+  """oneDNN capped to another instruction set runs other kernels: its timings must not
+  be read from (or overwrite) the uncapped ones; the cap is in every bench's CPU record."""
+  for name in kernel_choice.ISA_LIMIT_ENVS:
+    monkeypatch.delenv(name, raising=False)
+  uncapped = kernel_choice.cpu_identity()
+  assert kernel_choice.cpu_description()['isa_limit'] is None
+  monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'avx2')
+  assert kernel_choice.cpu_description()['isa_limit'] == 'AVX2'
+  capped = kernel_choice.cpu_identity()
+  assert capped != uncapped
+  monkeypatch.delenv('ONEDNN_MAX_CPU_ISA')
+  monkeypatch.setenv('DNNL_MAX_CPU_ISA', 'AVX2')  # oneDNN's older name, same cap.
+  assert kernel_choice.cpu_identity() == capped
+  monkeypatch.delenv('DNNL_MAX_CPU_ISA')
+  assert kernel_choice.cpu_identity() == uncapped

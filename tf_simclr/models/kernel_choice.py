@@ -94,8 +94,23 @@ class KernelChoice:
             f'{norm}/{len(self.batch_norm_choices)} BN shapes ({self.reason}).')
 
 
+# Environment variables that cap the instruction set oneDNN's kernels may use (e.g.
+# AVX2 on an AVX-512 CPU); PyTorch's oneDNN reads them too.
+ISA_LIMIT_ENVS = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA')
+
+
+def isa_limit() -> Optional[str]:
+  """The oneDNN instruction-set cap set in the environment (upper case), or None."""
+  for name in ISA_LIMIT_ENVS:
+    value = os.environ.get(name, '').strip()
+    if value:
+      return value.upper()
+  return None
+
+
 def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> dict[str, Any]:
-  """{'model': ..., 'flags': sorted list} of the first processor (empty if unknown)."""
+  """{'model': ..., 'flags': sorted list, 'isa_limit': `isa_limit()`} of the first
+  processor (model and flags empty if unknown)."""
   model = platform.processor() or platform.machine()
   try:
     with open(cpuinfo_path, encoding='utf-8', errors='replace') as cpuinfo:
@@ -106,7 +121,8 @@ def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> dict[str, Any]:
           break
   except OSError:
     pass
-  return {'model': model, 'flags': sorted(precision.read_cpu_flags(cpuinfo_path) or ())}
+  return {'model': model, 'flags': sorted(precision.read_cpu_flags(cpuinfo_path) or ()),
+          'isa_limit': isa_limit()}
 
 
 def default_cache_path() -> str:
@@ -117,11 +133,15 @@ def default_cache_path() -> str:
 
 def cpu_identity() -> str:
   """A short hash of what kernel speed depends on besides the shape: the CPU's model
-  and flags, the TensorFlow version, whether oneDNN is on and KERNELS_VERSION."""
+  and flags, the TensorFlow version, whether oneDNN is on, KERNELS_VERSION and, where
+  set, oneDNN's instruction-set cap (`isa_limit`: other kernels, other timings)."""
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
   cpu = cpu_description()
-  identity = json.dumps([cpu['model'], cpu['flags'], tf.__version__,
-                         bool(_pywrap_util_port.IsMklEnabled()), KERNELS_VERSION])
+  facts = [cpu['model'], cpu['flags'], tf.__version__,
+           bool(_pywrap_util_port.IsMklEnabled()), KERNELS_VERSION]
+  if cpu['isa_limit']:  # Appended only when set: uncapped caches keep their keys.
+    facts.append(cpu['isa_limit'])
+  identity = json.dumps(facts)
   return hashlib.sha1(identity.encode()).hexdigest()[:16]
 
 
