@@ -46,6 +46,7 @@ import tensorflow as tf
 from bench import common
 import flags as simclr_flags
 from tf_simclr import config as config_lib
+from tf_simclr import precision
 from tf_simclr import strategy as strategy_lib
 from tf_simclr.models import fast_batch_norm
 from tf_simclr.models import fast_conv
@@ -189,8 +190,12 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
   num_replicas = strategy.num_replicas_in_sync
   global_batch = config.train.train_batch_size
   # Matmul rates before and after the steps; the higher counts (the CPU may be shared).
+  # Under a oneDNN cap without bf16 kernels (--isa_limit of bench/cpu_kinds.py) a bf16
+  # matmul crashes TensorFlow (precision.py): float32 only, bf16 reported as None.
+  matmul_dtypes = ((tf.float32,) if precision.isa_limit() in
+                   precision.ISA_LIMITS_WITHOUT_BFLOAT16 else (tf.float32, tf.bfloat16))
   matmul_before = {dtype: common.best_matmul_flops_per_sec(matmul_sizes, dtype)
-                   for dtype in (tf.float32, tf.bfloat16)}
+                   for dtype in matmul_dtypes}
   common.reset_peak_rss()
   one_step, model = common.timed_step_fn(config, strategy, num_classes, warmup_steps)
   durations = common.time_calls(one_step, steps)
@@ -233,8 +238,9 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
 
   matmul_fp32 = max(matmul_before[tf.float32],
                     common.best_matmul_flops_per_sec(matmul_sizes, tf.float32))
-  matmul_bf16 = max(matmul_before[tf.bfloat16],
-                    common.best_matmul_flops_per_sec(matmul_sizes, tf.bfloat16))
+  matmul_bf16 = (max(matmul_before[tf.bfloat16],
+                     common.best_matmul_flops_per_sec(matmul_sizes, tf.bfloat16))
+                 if tf.bfloat16 in matmul_before else None)
   # What ran: --mixed_precision=bfloat16 runs float32 where bf16 does not pay on this CPU.
   compute_dtype = model.compute_dtype
   bf16 = compute_dtype == 'bfloat16'
@@ -317,7 +323,7 @@ def main(argv: list[str]) -> None:
         f"{result['model_flops_per_image'] / 1e9:.2f} GFLOP/image-step, "
         f"{result['model_flops_per_sec'] / 1e9:.1f} GFLOP/s; matmul "
         f"fp32 {result['matmul_flops_per_sec_fp32'] / 1e9:.1f}, "
-        f"bf16 {result['matmul_flops_per_sec_bf16'] / 1e9:.1f} GFLOP/s; "
+        f"bf16 {(result['matmul_flops_per_sec_bf16'] or float('nan')) / 1e9:.1f} GFLOP/s; "
         f"MFU {result['mfu']:.3f}; peak RSS {result['peak_rss_mb']:.0f} MiB; "
         f"load {result['load_average_1min']:.1f}; "
         f"oneDNN {'on' if result['config']['onednn'] else 'off'}", flush=True)

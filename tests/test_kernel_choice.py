@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tf_simclr import config as config_lib
+from tf_simclr import precision
 from tf_simclr.models import fast_batch_norm
 from tf_simclr.models import fast_conv
 from tf_simclr.models import kernel_choice
@@ -241,7 +242,7 @@ def test_cpu_description_has_flags():
 def test_isa_limit_is_recorded_and_keys_its_own_cached_timings(monkeypatch):
   """oneDNN capped to another instruction set runs other kernels: its timings must not
   be read from (or overwrite) the uncapped ones; the cap is in every bench's CPU record."""
-  for name in kernel_choice.ISA_LIMIT_ENVS:
+  for name in precision.ISA_LIMIT_ENVS:
     monkeypatch.delenv(name, raising=False)
   uncapped = kernel_choice.cpu_identity()
   assert kernel_choice.cpu_description()['isa_limit'] is None

@@ -105,3 +105,28 @@ def test_the_real_model_follows_this_cpu(capfd):
   forced = models.build_model_for(
       config_lib.replace(config, train={'force_bfloat16': True}), 10)
   assert forced.encoder.compute_dtype == 'bfloat16'
+
+
+@pytest.mark.parametrize('limit, expected', [
+    ('AVX2', 'float32'), ('avx512_core', 'float32'), ('AVX512_CORE_BF16', 'bfloat16'),
+    ('AVX512_CORE_AMX', 'bfloat16'), ('', 'bfloat16')])
+def test_a_onednn_cap_below_bfloat16_runs_float32(limit, expected):
+  """ONEDNN_MAX_CPU_ISA=AVX2 on an AMX CPU: TF still sends bf16 ops to oneDNN, which has
+  no bf16 kernels under the cap (a bf16 matmul crashed the process): float32."""
+  dtype, note = precision.effective_mixed_precision(
+      'bfloat16', cpu_flags=AMX, accelerator=False, bfloat16_speedup=1.9, limit=limit)
+  assert dtype == expected
+  if expected == 'float32':
+    assert '\n' not in note and limit.upper() in note and 'ONEDNN_MAX_CPU_ISA' in note
+  else:
+    assert note is None
+
+
+def test_isa_limit_reads_the_environment(monkeypatch):
+  for name in precision.ISA_LIMIT_ENVS:
+    monkeypatch.delenv(name, raising=False)
+  assert precision.isa_limit() is None
+  monkeypatch.setenv('DNNL_MAX_CPU_ISA', 'avx2')
+  assert precision.isa_limit() == 'AVX2'
+  assert not precision.cpu_has_native_bfloat16(AMX, precision.isa_limit())
+  assert precision.cpu_has_native_bfloat16(AMX)

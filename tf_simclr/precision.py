@@ -15,6 +15,7 @@ tests of the bf16 numerics). GPU/TPU runs are left alone.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Iterable, Optional
 
@@ -22,6 +23,12 @@ NATIVE_BFLOAT16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 # bf16 must beat float32 by this much on the measured convolution: at parity float32
 # is the better choice (same speed, more precision, no casts around BN and the loss).
 MIN_BFLOAT16_SPEEDUP = 1.1
+# Environment variables that cap the instruction set of oneDNN's kernels (TensorFlow's
+# and PyTorch's); the first one set wins.
+ISA_LIMIT_ENVS = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA')
+# oneDNN caps (its names, upper case) below native bf16: no bf16 kernels under them.
+ISA_LIMITS_WITHOUT_BFLOAT16 = ('SSE41', 'AVX', 'AVX2', 'AVX2_VNNI', 'AVX512_CORE',
+                               'AVX512_CORE_VNNI')
 
 
 def read_cpu_flags(path: str = '/proc/cpuinfo') -> Optional[frozenset[str]]:
@@ -37,10 +44,21 @@ def read_cpu_flags(path: str = '/proc/cpuinfo') -> Optional[frozenset[str]]:
   return None
 
 
-def cpu_has_native_bfloat16(cpu_flags: Iterable[str]) -> bool:
-  """Whether these CPU flags include native bf16 arithmetic (avx512_bf16 or amx_bf16)."""
+def isa_limit() -> Optional[str]:
+  """oneDNN's instruction-set cap from the environment (upper case), or None."""
+  for name in ISA_LIMIT_ENVS:
+    value = os.environ.get(name, '').strip()
+    if value:
+      return value.upper()
+  return None
+
+
+def cpu_has_native_bfloat16(cpu_flags: Iterable[str], limit: Optional[str] = None) -> bool:
+  """Whether these CPU flags include native bf16 arithmetic (avx512_bf16 or amx_bf16)
+  and the oneDNN cap `limit` (an `isa_limit()` value; None: no cap) leaves it usable."""
   flags = set(cpu_flags)
-  return any(flag in flags for flag in NATIVE_BFLOAT16_CPU_FLAGS)
+  return (any(flag in flags for flag in NATIVE_BFLOAT16_CPU_FLAGS) and
+          (limit or '').upper() not in ISA_LIMITS_WITHOUT_BFLOAT16)
 
 
 def accelerator_present() -> bool:
@@ -54,7 +72,8 @@ def accelerator_present() -> bool:
 def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
                               cpu_flags: Optional[Iterable[str]] = None,
                               accelerator: Optional[bool] = None,
-                              bfloat16_speedup: Optional[float] = None
+                              bfloat16_speedup: Optional[float] = None,
+                              limit: Optional[str] = None
                               ) -> tuple[str, Optional[str]]:
   """The compute dtype to run, and a one-line note when it differs from `requested`.
 
@@ -65,6 +84,8 @@ def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
     accelerator: whether a GPU/TPU runs the model; None looks it up.
     bfloat16_speedup: float32 time / bfloat16 time of a convolution on this CPU; None
       measures it (or reads it cached) where the CPU has native bf16.
+    limit: oneDNN's instruction-set cap; None reads the environment (`isa_limit`),
+      '' means none.
 
   Returns:
     ('float32' or 'bfloat16', note or None).
@@ -84,6 +105,11 @@ def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
                        f'({" or ".join(NATIVE_BFLOAT16_CPU_FLAGS)} not in /proc/cpuinfo), '
                        'where bf16 is slower than float32; running float32 (add '
                        '--force_bfloat16 to run bfloat16 anyway).')
+  limit = isa_limit() if limit is None else limit.upper()
+  if not cpu_has_native_bfloat16(cpu_flags, limit):
+    return 'float32', ('--mixed_precision=bfloat16: oneDNN is capped to '
+                       f'{limit} ({" or ".join(ISA_LIMIT_ENVS)}), which has no bf16 '
+                       'kernels; running float32 (unset the cap to use bf16).')
   if bfloat16_speedup is None:
     from tf_simclr.models import kernel_choice  # pylint: disable=g-import-not-at-top
     bfloat16_speedup = kernel_choice.measured_bfloat16_speedup()

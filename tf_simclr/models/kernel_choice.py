@@ -94,23 +94,9 @@ class KernelChoice:
             f'{norm}/{len(self.batch_norm_choices)} BN shapes ({self.reason}).')
 
 
-# Environment variables that cap the instruction set oneDNN's kernels may use (e.g.
-# AVX2 on an AVX-512 CPU); PyTorch's oneDNN reads them too.
-ISA_LIMIT_ENVS = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA')
-
-
-def isa_limit() -> Optional[str]:
-  """The oneDNN instruction-set cap set in the environment (upper case), or None."""
-  for name in ISA_LIMIT_ENVS:
-    value = os.environ.get(name, '').strip()
-    if value:
-      return value.upper()
-  return None
-
-
 def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> dict[str, Any]:
-  """{'model': ..., 'flags': sorted list, 'isa_limit': `isa_limit()`} of the first
-  processor (model and flags empty if unknown)."""
+  """{'model': ..., 'flags': sorted list, 'isa_limit': `precision.isa_limit()`} of
+  the first processor (model and flags empty if unknown)."""
   model = platform.processor() or platform.machine()
   try:
     with open(cpuinfo_path, encoding='utf-8', errors='replace') as cpuinfo:
@@ -122,7 +108,7 @@ def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> dict[str, Any]:
   except OSError:
     pass
   return {'model': model, 'flags': sorted(precision.read_cpu_flags(cpuinfo_path) or ()),
-          'isa_limit': isa_limit()}
+          'isa_limit': precision.isa_limit()}
 
 
 def default_cache_path() -> str:
@@ -134,7 +120,7 @@ def default_cache_path() -> str:
 def cpu_identity() -> str:
   """A short hash of what kernel speed depends on besides the shape: the CPU's model
   and flags, the TensorFlow version, whether oneDNN is on, KERNELS_VERSION and, where
-  set, oneDNN's instruction-set cap (`isa_limit`: other kernels, other timings)."""
+  set, oneDNN's instruction-set cap (`precision.isa_limit`: other kernels, timings)."""
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
   cpu = cpu_description()
   facts = [cpu['model'], cpu['flags'], tf.__version__,
