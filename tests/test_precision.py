@@ -130,3 +130,20 @@ def test_isa_limit_reads_the_environment(monkeypatch):
   assert precision.isa_limit() == 'AVX2'
   assert not precision.cpu_has_native_bfloat16(AMX, precision.isa_limit())
   assert precision.cpu_has_native_bfloat16(AMX)
+
+
+def test_forcing_bfloat16_under_a_cap_without_it_is_a_clear_error():
+  """Forced bf16 under ONEDNN_MAX_CPU_ISA=AVX2 on a bf16 CPU would segfault TensorFlow:
+  one line naming the flag and the variable instead. On a CPU without bf16 the force
+  stands (TF does not hand bf16 ops to oneDNN there)."""
+  with pytest.raises(ValueError, match='--force_bfloat16.*ONEDNN_MAX_CPU_ISA') as error:
+    precision.effective_mixed_precision('bfloat16', True, cpu_flags=AMX, accelerator=False,
+                                        limit='AVX2')
+  assert '\n' not in str(error.value)
+  assert precision.effective_mixed_precision(
+      'bfloat16', True, cpu_flags=AVX2_ONLY, accelerator=False, limit='AVX2') == (
+          'bfloat16', None)
+  assert precision.effective_mixed_precision(
+      'bfloat16', True, cpu_flags=AMX, accelerator=False, limit='') == ('bfloat16', None)
+  assert precision.effective_mixed_precision(
+      'bfloat16', True, cpu_flags=AMX, accelerator=True, limit='AVX2') == ('bfloat16', None)

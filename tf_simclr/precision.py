@@ -89,8 +89,12 @@ def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
 
   Returns:
     ('float32' or 'bfloat16', note or None).
+
+  Raises:
+    ValueError: --force_bfloat16 on a CPU with bf16 whose oneDNN is capped below it
+      (TensorFlow would crash on the first bf16 op).
   """
-  if requested != 'bfloat16' or force_bfloat16:
+  if requested != 'bfloat16':
     return requested, None
   if accelerator is None:
     accelerator = accelerator_present()
@@ -100,12 +104,19 @@ def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
     cpu_flags = read_cpu_flags()
     if cpu_flags is None:
       return requested, None
+  limit = isa_limit() if limit is None else limit.upper()
+  if force_bfloat16:
+    if cpu_has_native_bfloat16(cpu_flags) and not cpu_has_native_bfloat16(cpu_flags, limit):
+      raise ValueError(
+          f'--force_bfloat16: oneDNN is capped to {limit} ({" or ".join(ISA_LIMIT_ENVS)}), '
+          'which has no bf16 kernels, and TensorFlow would crash on its first bf16 op on '
+          'this CPU; unset the cap or drop --force_bfloat16.')
+    return requested, None
   if not cpu_has_native_bfloat16(cpu_flags):
     return 'float32', ('--mixed_precision=bfloat16: this CPU has no native bf16 '
                        f'({" or ".join(NATIVE_BFLOAT16_CPU_FLAGS)} not in /proc/cpuinfo), '
                        'where bf16 is slower than float32; running float32 (add '
                        '--force_bfloat16 to run bfloat16 anyway).')
-  limit = isa_limit() if limit is None else limit.upper()
   if not cpu_has_native_bfloat16(cpu_flags, limit):
     return 'float32', ('--mixed_precision=bfloat16: oneDNN is capped to '
                        f'{limit} ({" or ".join(ISA_LIMIT_ENVS)}), which has no bf16 '
