@@ -218,6 +218,7 @@ def test_cpu_kinds_isa_limit_reaches_its_processes_and_caps_onednn():
           'tf.nn.conv2d(tf.ones([1, 8, 8, 16]), tf.ones([3, 3, 16, 16]), 1, "SAME")')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=300, check=True,
-                          env=dict(os.environ, ONEDNN_VERBOSE='1', **cap))
+                          env=dict(os.environ, ONEDNN_VERBOSE='1', TF_ENABLE_ONEDNN_OPTS='1',
+                                   **cap))
   isa_lines = [line for line in result.stdout.splitlines() if ',isa:' in line]
   assert isa_lines and isa_lines[0].endswith('isa:Intel AVX2'), isa_lines
