@@ -192,8 +192,8 @@ def run_benchmark(config: config_lib.Config, strategy: tf.distribute.Strategy, *
   # Matmul rates before and after the steps; the higher counts (the CPU may be shared).
   # Under a oneDNN cap without bf16 kernels (--isa_limit of bench/cpu_kinds.py) a bf16
   # matmul crashes TensorFlow (precision.py): float32 only, bf16 reported as None.
-  matmul_dtypes = ((tf.float32,) if precision.isa_limit() in
-                   precision.ISA_LIMITS_WITHOUT_BFLOAT16 else (tf.float32, tf.bfloat16))
+  matmul_dtypes = ((tf.float32,) if precision.isa_limit_blocks_bfloat16(precision.isa_limit())
+                   else (tf.float32, tf.bfloat16))
   matmul_before = {dtype: common.best_matmul_flops_per_sec(matmul_sizes, dtype)
                    for dtype in matmul_dtypes}
   common.reset_peak_rss()

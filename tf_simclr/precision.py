@@ -53,12 +53,18 @@ def isa_limit() -> Optional[str]:
   return None
 
 
+def isa_limit_blocks_bfloat16(limit: Optional[str]) -> bool:
+  """Whether the oneDNN cap `limit` (an `isa_limit()` value; None: no cap) leaves no
+  bf16 kernels."""
+  return (limit or '').upper() in ISA_LIMITS_WITHOUT_BFLOAT16
+
+
 def cpu_has_native_bfloat16(cpu_flags: Iterable[str], limit: Optional[str] = None) -> bool:
   """Whether these CPU flags include native bf16 arithmetic (avx512_bf16 or amx_bf16)
   and the oneDNN cap `limit` (an `isa_limit()` value; None: no cap) leaves it usable."""
   flags = set(cpu_flags)
   return (any(flag in flags for flag in NATIVE_BFLOAT16_CPU_FLAGS) and
-          (limit or '').upper() not in ISA_LIMITS_WITHOUT_BFLOAT16)
+          not isa_limit_blocks_bfloat16(limit))
 
 
 def accelerator_present() -> bool:
@@ -106,7 +112,7 @@ def effective_mixed_precision(requested: str, force_bfloat16: bool = False, *,
       return requested, None
   limit = isa_limit() if limit is None else limit.upper()
   if force_bfloat16:
-    if cpu_has_native_bfloat16(cpu_flags) and not cpu_has_native_bfloat16(cpu_flags, limit):
+    if cpu_has_native_bfloat16(cpu_flags) and isa_limit_blocks_bfloat16(limit):
       raise ValueError(
           f'--force_bfloat16: oneDNN is capped to {limit} ({" or ".join(ISA_LIMIT_ENVS)}), '
           'which has no bf16 kernels, and TensorFlow would crash on its first bf16 op on '
