@@ -37,6 +37,7 @@ import contextlib
 import functools
 from typing import ContextManager, Iterator, Mapping, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tf_simclr.models import shape_choices
@@ -69,8 +70,11 @@ _patches_enabled = True
 # Output maps up to this many pixels (4 x 4) may be computed as a matmul of patches:
 # there oneDNN's convolutions run far below the matmul rate (forward + gradients on an
 # AMX Xeon, 2026-12-02: patches 1.3-1.8x faster on ResNet-50's 3x3 maps at 96 px,
-# 1.0-1.6x on its 2x2 and 4x4 maps at 32 px, timed per shape); on 6x6 and larger maps
-# the patches' copies cost more than that (3x3 kernels 1.3-2.1x slower).
+# 1.0-1.6x on its 2x2 and 4x4 maps at 32 px, timed per shape); on 8x8 and larger maps
+# they cost more than that (3x3 kernels 1.1-2.1x slower). On 6x6 outputs the patches
+# gathered by one matmul won some shapes (AMD EPYC with avx512_bf16, 2026-12-03: a 3x3
+# stride-2 conv 1.08x faster in fp32, 1.56x in bf16) but not the step (ResNet-50, 96 px,
+# a limit of 36 pixels against 16: 1.00x in bf16, 0.99x in fp32, 8 rounds each).
 PATCHES_MAX_OUTPUT_PIXELS = 16
 
 
@@ -153,18 +157,41 @@ def patches_applies(input_shape: Sequence[Optional[int]], kernel_shape: Sequence
   return pixels <= PATCHES_MAX_OUTPUT_PIXELS
 
 
+@functools.lru_cache(maxsize=None)
+def _patch_gather_matrix(height: int, width: int, kernel_height: int, kernel_width: int,
+                         stride: int) -> np.ndarray:
+  """0/1 matrix [Ho * Wo * kh * kw, H * W]: row ((r * Wo + c) * kh + i) * kw + j picks
+  the input pixel that tap (i, j) of output pixel (r, c) reads under the fixed padding
+  (an all-zero row where the tap falls on the padding)."""
+  (top, _), (left, _) = _paddings((kernel_height, kernel_width), stride)
+  out_height, out_width = conv_output_size(height, stride), conv_output_size(width, stride)
+  gather = np.zeros([out_height * out_width * kernel_height * kernel_width, height * width],
+                    np.float32)
+  for row in range(out_height):
+    for col in range(out_width):
+      for tap_row in range(kernel_height):
+        for tap_col in range(kernel_width):
+          source_row = row * stride + tap_row - top
+          source_col = col * stride + tap_col - left
+          if 0 <= source_row < height and 0 <= source_col < width:
+            tap = ((row * out_width + col) * kernel_height + tap_row) * kernel_width + tap_col
+            gather[tap, source_row * width + source_col] = 1.0
+  return gather
+
+
 def patches_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tensor:
   """`_plain_conv2d` as one matmul of the input's patches (im2col), gradients included.
 
-  A 1 x 1 conv is `x[:, ::s, ::s] @ w` over pixels. A larger kernel's input is padded
-  (fixed padding, plus zero rows / columns no window reads to make H, W multiples of
-  s) and, at stride s > 1, rearranged by `space_to_depth` so that every tap's pixels
-  are one contiguous `tf.slice` (phase (i mod s, j mod s), offset (i // s, j // s));
-  the kh * kw slices, concatenated along channels, are the patches
-  [B * Ho * Wo, kh * kw * C_in], multiplied by the kernel as [kh * kw * C_in, C_out].
-  The gradients are the matmul's, and for the input the slices' (pads, summed) and
-  the rearrangement's: no conv kernel is left. Exact (same products, other order);
-  the patches take kh * kw times the input's memory, so use it on small output maps
+  A 1 x 1 conv is `x[:, ::s, ::s] @ w` over pixels. A larger kernel's patches
+  [B * Ho * Wo, kh * kw * C_in] are one matmul too: a constant 0/1 gather matrix
+  [Ho * Wo * kh * kw, H * W] (`_patch_gather_matrix`: the padding, the stride and
+  every tap) times each image's pixels [H * W, C_in]; they are then multiplied by the
+  kernel as [kh * kw * C_in, C_out]. The gradients are the matmuls': for the input, the
+  gather matrix transposed sums every tap's gradient back onto its pixel (col2im in one
+  op, where 9 slices, 9 pads and a sum of them took 1.2-2.2x longer per conv on small
+  maps, AMD EPYC, 2026-12-03). Exact in float32 (each patch entry is one input value or
+  zero; the sums are the same products in another order). The patches and the gather
+  matrix grow with kh * kw and with the map, so use it on small output maps
   (`patches_applies`), where the kernel choice times it per shape.
 
   Args:
@@ -184,22 +211,11 @@ def patches_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tens
     outputs = tf.matmul(tf.reshape(pixels, [-1, channels]),               # [B*Ho*Wo, C_in]
                         tf.reshape(kernel, [channels, filters]))          # [B*Ho*Wo, C_out]
     return tf.reshape(outputs, [batch, out_height, out_width, filters])
-  (top, _), (left, _) = _paddings((kernel_height, kernel_width), stride)
-  # Padded rows the windows read, rounded up to a multiple of the stride.
-  rows = stride * -(-((out_height - 1) * stride + kernel_height) // stride)
-  cols = stride * -(-((out_width - 1) * stride + kernel_width) // stride)
-  padded = _pad_or_crop(inputs, 1, top, rows - height - top)
-  padded = _pad_or_crop(padded, 2, left, cols - width - left)              # [B, rows, cols, C_in]
-  if stride > 1:
-    padded = tf.nn.space_to_depth(padded, stride)  # [B, rows/s, cols/s, s*s*C_in]
-  taps = []
-  for row in range(kernel_height):
-    for col in range(kernel_width):
-      phase = (row % stride) * stride + col % stride
-      taps.append(tf.slice(padded, [0, row // stride, col // stride, phase * channels],
-                           [-1, out_height, out_width, channels]))
-  patches = tf.reshape(tf.concat(taps, axis=-1),
-                       [-1, kernel_height * kernel_width * channels])  # [B*Ho*Wo, kh*kw*C_in]
+  gather = tf.constant(_patch_gather_matrix(height, width, kernel_height, kernel_width,
+                                            stride), inputs.dtype)
+  patches = tf.matmul(gather, tf.reshape(inputs, [-1, height * width, channels])
+                      )                                   # [B, Ho*Wo*kh*kw, C_in]
+  patches = tf.reshape(patches, [-1, kernel_height * kernel_width * channels])  # [B*Ho*Wo, kh*kw*C_in]
   outputs = tf.matmul(patches, tf.reshape(kernel, [-1, filters]))      # [B*Ho*Wo, C_out]
   return tf.reshape(outputs, [batch, out_height, out_width, filters])
 

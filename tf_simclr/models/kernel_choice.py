@@ -60,8 +60,9 @@ MIN_STEPS_TO_MEASURE = 500
 # as a matmul, timed on our side and taken in bf16; 5: in bf16 every stride-2 kernel
 # gradient of ours is the pre-padded / matmul one; 6: the 1x1 kernel gradient as a
 # matmul at stride 1 too; 7: in bf16 that one is timed against oneDNN's at stride 1;
-# 8: the conv as a matmul of patches on small output maps).
-KERNELS_VERSION = 8
+# 8: the conv as a matmul of patches on small output maps; 9: those patches gathered
+# by one matmul instead of slices).
+KERNELS_VERSION = 9
 
 
 @dataclasses.dataclass(frozen=True)
