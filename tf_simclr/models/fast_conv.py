@@ -213,8 +213,8 @@ def patches_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tens
     return tf.reshape(outputs, [batch, out_height, out_width, filters])
   gather = tf.constant(_patch_gather_matrix(height, width, kernel_height, kernel_width,
                                             stride), inputs.dtype)
-  patches = tf.matmul(gather, tf.reshape(inputs, [-1, height * width, channels])
-                      )                                   # [B, Ho*Wo*kh*kw, C_in]
+  pixels = tf.reshape(inputs, [-1, height * width, channels])            # [B, H*W, C_in]
+  patches = tf.matmul(gather, pixels)                                  # [B, Ho*Wo*kh*kw, C_in]
   patches = tf.reshape(patches, [-1, kernel_height * kernel_width * channels])  # [B*Ho*Wo, kh*kw*C_in]
   outputs = tf.matmul(patches, tf.reshape(kernel, [-1, filters]))      # [B*Ho*Wo, C_out]
   return tf.reshape(outputs, [batch, out_height, out_width, filters])
