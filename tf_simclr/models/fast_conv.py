@@ -71,7 +71,8 @@ _patches_enabled = True
 # there oneDNN's convolutions run far below the matmul rate (forward + gradients on an
 # AMX Xeon, 2026-12-02: patches 1.3-1.8x faster on ResNet-50's 3x3 maps at 96 px,
 # 1.0-1.6x on its 2x2 and 4x4 maps at 32 px, timed per shape); on 8x8 and larger maps
-# they cost more than that (3x3 kernels 1.1-2.1x slower). On 6x6 outputs the patches
+# they cost more than that (gathered by one matmul, AMD EPYC with avx512_bf16,
+# 2026-12-03: 3x3 kernels 1.1-1.8x slower on 8x8 and 12x12 outputs). On 6x6 outputs the patches
 # gathered by one matmul won some shapes (AMD EPYC with avx512_bf16, 2026-12-03: a 3x3
 # stride-2 conv 1.08x faster in fp32, 1.56x in bf16) but not the step (ResNet-50, 96 px,
 # a limit of 36 pixels against 16: 1.00x in bf16, 0.99x in fp32, 8 rounds each).
@@ -188,8 +189,9 @@ def patches_conv2d(inputs: tf.Tensor, kernel: tf.Tensor, stride: int) -> tf.Tens
   every tap) times each image's pixels [H * W, C_in]; they are then multiplied by the
   kernel as [kh * kw * C_in, C_out]. The gradients are the matmuls': for the input, the
   gather matrix transposed sums every tap's gradient back onto its pixel (col2im in one
-  op, where 9 slices, 9 pads and a sum of them took 1.2-2.2x longer per conv on small
-  maps, AMD EPYC, 2026-12-03). Exact in float32 (each patch entry is one input value or
+  op). The kh * kw slices and concatenation this replaces, whose gradient was kh * kw
+  pads and their sum, made the conv (forward + both gradients) 1.2-2.2x slower on
+  small maps (AMD EPYC with avx512_bf16, 2026-12-03, fp32 and bf16). Exact in float32 (each patch entry is one input value or
   zero; the sums are the same products in another order). The patches and the gather
   matrix grow with kh * kw and with the map, so use it on small output maps
   (`patches_applies`), where the kernel choice times it per shape.
