@@ -12,6 +12,13 @@ when torch imports. Prints the CPU (model, whether it has avx512f / avx512_bf16 
 amx_bf16), a markdown table (images/s and ours / peer ratios) and a last JSON line with
 every number and the full CPU flag list.
 
+`--rounds=N` runs the three sides N times in turn per config (ours, official, PyTorch,
+ours, ...), so that a machine whose speed drifts during the sitting (2-core virtual
+machines here moved by 1.5x between runs of the same command) is seen by every side
+alike: the table then gives the median images/s and the median of the per-round ratios
+with their range (the alternating comparison of our kernel settings runs in the first
+round only).
+
 `--isa_limit=avx2` caps every process's kernels to that instruction set (oneDNN in
 TensorFlow and PyTorch: ONEDNN_MAX_CPU_ISA; PyTorch's MKL matmuls and ATen kernels:
 MKL_ENABLE_INSTRUCTIONS, ATEN_CPU_CAPABILITY): AVX2 code paths measured on an AVX-512
@@ -68,6 +75,43 @@ def _last_json(command: list[str], timeout: float, extra_env: dict[str, str]
   return json.loads(lines[-1])
 
 
+def rate(result: Optional[dict[str, Any]]) -> Optional[float]:
+  """images/s of one side's result (None: that side did not run)."""
+  return None if result is None else result.get('images_per_sec')
+
+
+def _median(values: list[float]) -> float:
+  ordered = sorted(values)
+  middle = len(ordered) // 2
+  return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def summarize_rounds(rounds: list[dict[str, Optional[dict[str, Any]]]]) -> dict[str, Any]:
+  """Per config: the median images/s of each side over the rounds, and our ratio to each
+  peer per round (both measured in that round), their median and range.
+
+  Args:
+    rounds: one dict per round, side name ('ours', 'official_tf2', 'pytorch') -> that
+      side's result (None where it did not run).
+
+  Returns:
+    {'images_per_sec': {side: median or None}, 'ratios': {peer: [per-round ratio]},
+     'ratio_median': {peer: median or None}, 'ratio_range': {peer: (min, max) or None}}.
+  """
+  sides = ('ours', 'official_tf2', 'pytorch')
+  rates = {side: [r for r in (rate(one.get(side)) for one in rounds) if r] for side in sides}
+  ratios = {peer: [rate(one['ours']) / rate(one.get(peer)) for one in rounds
+                   if rate(one.get('ours')) and rate(one.get(peer))]
+            for peer in ('official_tf2', 'pytorch')}
+  return {'images_per_sec': {side: _median(values) if values else None
+                             for side, values in rates.items()},
+          'ratios': ratios,
+          'ratio_median': {peer: _median(values) if values else None
+                           for peer, values in ratios.items()},
+          'ratio_range': {peer: (min(values), max(values)) if values else None
+                          for peer, values in ratios.items()}}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--official_tf2_dir', default='',
@@ -77,6 +121,9 @@ def main() -> None:
   parser.add_argument('--pytorch_python', default=sys.executable,
                       help='A Python interpreter with torch for the PyTorch peer (e.g. '
                            'another virtual environment); default: this one.')
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='Run ours, the official step and the PyTorch peer this many '
+                           'times in turn per config; report medians and per-round ratios.')
   parser.add_argument('--timeout', type=float, default=3600)
   parser.add_argument('--isa_limit', default='', choices=['', *ISA_LIMITS],
                       help='Cap every process\'s kernels to this instruction set (a proxy '
@@ -99,43 +146,54 @@ def main() -> None:
   rows, results = [], {}
   for name in args.configs.split(','):
     depth, stem, size, batch = CONFIGS[name]
-    ours = _last_json([
-        sys.executable, os.path.join(BENCH_DIR, 'train_step.py'), f'--resnet_depth={depth}',
-        f'--image_size={size}', f'--cifar_stem={stem == "cifar"}',
-        f'--train_batch_size={batch}', f'--bench_steps={args.steps}',
-        '--bench_warmup_steps=1', '--cpu_kernels=auto', '--bench_compare_cpu_kernels',
-        '--train_steps=1000',  # As a long run: `auto` times each shape (or reads its cache).
-        '--bench_matmul_sizes=2048'], args.timeout, extra_env)
-    official = None
-    if args.official_tf2_dir:
-      official = _last_json([
-          sys.executable, os.path.join(BENCH_DIR, 'peer_official_tf2.py'),
-          f'--official_tf2_dir={args.official_tf2_dir}', f'--depth={depth}', f'--stem={stem}',
-          f'--image_size={size}', f'--batch_size={batch}', f'--steps={args.steps}',
-          '--warmup_steps=1'], args.timeout, extra_env)
-    pytorch = None
-    if torch_available:
-      pytorch = _last_json([
-          args.pytorch_python, os.path.join(BENCH_DIR, 'peer_pytorch.py'), f'--depth={depth}',
-          f'--stem={stem}', f'--image_size={size}', f'--batch_size={batch}',
-          f'--steps={args.steps}', '--warmup_steps=1'], args.timeout, extra_env)
-    results[name] = {'ours': ours, 'official_tf2': official, 'pytorch': pytorch}
-
-    def rate(result: Optional[dict[str, Any]]) -> Optional[float]:
-      return None if result is None else result.get('images_per_sec')
+    rounds = []
+    for round_index in range(args.rounds):
+      ours = _last_json([
+          sys.executable, os.path.join(BENCH_DIR, 'train_step.py'), f'--resnet_depth={depth}',
+          f'--image_size={size}', f'--cifar_stem={stem == "cifar"}',
+          f'--train_batch_size={batch}', f'--bench_steps={args.steps}',
+          '--bench_warmup_steps=1', '--cpu_kernels=auto',
+          f'--bench_compare_cpu_kernels={round_index == 0}',
+          '--train_steps=1000',  # As a long run: `auto` times each shape (or reads its cache).
+          '--bench_matmul_sizes=2048'], args.timeout, extra_env)
+      official = None
+      if args.official_tf2_dir:
+        official = _last_json([
+            sys.executable, os.path.join(BENCH_DIR, 'peer_official_tf2.py'),
+            f'--official_tf2_dir={args.official_tf2_dir}', f'--depth={depth}',
+            f'--stem={stem}', f'--image_size={size}', f'--batch_size={batch}',
+            f'--steps={args.steps}', '--warmup_steps=1'], args.timeout, extra_env)
+      pytorch = None
+      if torch_available:
+        pytorch = _last_json([
+            args.pytorch_python, os.path.join(BENCH_DIR, 'peer_pytorch.py'),
+            f'--depth={depth}', f'--stem={stem}', f'--image_size={size}',
+            f'--batch_size={batch}', f'--steps={args.steps}', '--warmup_steps=1'],
+            args.timeout, extra_env)
+      rounds.append({'ours': ours, 'official_tf2': official, 'pytorch': pytorch})
+      if args.rounds > 1:
+        print(f'{name} round {round_index + 1}: images/s ours {rate(ours)}, official '
+              f'{rate(official)}, PyTorch {rate(pytorch)}', flush=True)
+    summary = summarize_rounds(rounds)
+    results[name] = {**rounds[0], 'rounds': rounds, 'summary': summary}
 
     def text(value: Optional[float], digits: int = 1, suffix: str = '') -> str:
       return 'n/a' if value is None else f'{value:.{digits}f}{suffix}'
 
-    ours_rate = rate(ours)
-    auto_vs = {mode: (ours or {}).get(f'speedup_vs_cpu_kernels_{mode}') for mode in
+    def ratio_text(peer: str) -> str:
+      median, span = summary['ratio_median'][peer], summary['ratio_range'][peer]
+      if median is None or args.rounds == 1:
+        return text(median, 2, 'x')
+      return f'{median:.2f}x ({span[0]:.2f}-{span[1]:.2f})'
+
+    first_ours = rounds[0]['ours'] or {}
+    auto_vs = {mode: first_ours.get(f'speedup_vs_cpu_kernels_{mode}') for mode in
                ('ours', 'stock')}
-    ratio = {peer: (ours_rate / rate(result) if ours_rate and rate(result) else None)
-             for peer, result in (('official', official), ('pytorch', pytorch))}
-    rows.append(f"| {name} (b{batch}) | {text(ours_rate)} | {text(auto_vs['ours'], 2, 'x')} | "
-                f"{text(auto_vs['stock'], 2, 'x')} | {text(rate(official))} | "
-                f"{text(ratio['official'], 2, 'x')} | {text(rate(pytorch))} | "
-                f"{text(ratio['pytorch'], 2, 'x')} |")
+    rates = summary['images_per_sec']
+    rows.append(f"| {name} (b{batch}) | {text(rates['ours'])} | {text(auto_vs['ours'], 2, 'x')} | "
+                f"{text(auto_vs['stock'], 2, 'x')} | {text(rates['official_tf2'])} | "
+                f"{ratio_text('official_tf2')} | {text(rates['pytorch'])} | "
+                f"{ratio_text('pytorch')} |")
     print(rows[-1], flush=True)
   print('\n| config | ours (auto), images/s | auto vs ours-everywhere | auto vs stock-everywhere '
         '| official tf2 | ours / official | PyTorch peer | ours / PyTorch |\n'

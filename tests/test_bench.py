@@ -222,3 +222,24 @@ def test_cpu_kinds_isa_limit_reaches_its_processes_and_caps_onednn():
                                    **cap))
   isa_lines = [line for line in result.stdout.splitlines() if ',isa:' in line]
   assert isa_lines and isa_lines[0].endswith('isa:Intel AVX2'), isa_lines
+
+
+def test_cpu_kinds_rounds_ratio_is_per_round_then_median():
+  """`bench/cpu_kinds.py --rounds`: each round's ratio pairs ours with the peers of that
+  round (not the ratio of medians), and a side that did not run is left out."""
+  from bench import cpu_kinds  # pylint: disable=import-outside-toplevel
+
+  def side(images_per_sec):
+    return {'images_per_sec': images_per_sec}
+
+  rounds = [{'ours': side(10.0), 'official_tf2': side(8.0), 'pytorch': side(5.0)},
+            {'ours': side(6.0), 'official_tf2': side(6.0), 'pytorch': None},
+            {'ours': side(12.0), 'official_tf2': side(4.0), 'pytorch': side(10.0)}]
+  summary = cpu_kinds.summarize_rounds(rounds)
+  assert summary['images_per_sec'] == {'ours': 10.0, 'official_tf2': 6.0, 'pytorch': 7.5}
+  assert summary['ratios'] == {'official_tf2': [1.25, 1.0, 3.0], 'pytorch': [2.0, 1.2]}
+  assert summary['ratio_median'] == {'official_tf2': 1.25, 'pytorch': 1.6}
+  assert summary['ratio_range'] == {'official_tf2': (1.0, 3.0), 'pytorch': (1.2, 2.0)}
+  assert cpu_kinds.summarize_rounds([{'ours': None, 'official_tf2': side(1.0),
+                                      'pytorch': None}])['ratio_median'] == {
+                                          'official_tf2': None, 'pytorch': None}
