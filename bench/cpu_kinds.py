@@ -32,6 +32,7 @@ import datetime
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from typing import Any, Optional
@@ -80,12 +81,6 @@ def rate(result: Optional[dict[str, Any]]) -> Optional[float]:
   return None if result is None else result.get('images_per_sec')
 
 
-def _median(values: list[float]) -> float:
-  ordered = sorted(values)
-  middle = len(ordered) // 2
-  return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def summarize_rounds(rounds: list[dict[str, Optional[dict[str, Any]]]]) -> dict[str, Any]:
   """Per config: the median images/s of each side over the rounds, and our ratio to each
   peer per round (both measured in that round), their median and range.
@@ -103,10 +98,10 @@ def summarize_rounds(rounds: list[dict[str, Optional[dict[str, Any]]]]) -> dict[
   ratios = {peer: [rate(one['ours']) / rate(one.get(peer)) for one in rounds
                    if rate(one.get('ours')) and rate(one.get(peer))]
             for peer in ('official_tf2', 'pytorch')}
-  return {'images_per_sec': {side: _median(values) if values else None
+  return {'images_per_sec': {side: statistics.median(values) if values else None
                              for side, values in rates.items()},
           'ratios': ratios,
-          'ratio_median': {peer: _median(values) if values else None
+          'ratio_median': {peer: statistics.median(values) if values else None
                            for peer, values in ratios.items()},
           'ratio_range': {peer: (min(values), max(values)) if values else None
                           for peer, values in ratios.items()}}
