@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tf_simclr.models import fast_batch_norm
+from tf_simclr.models import native_batch_norm
 from tf_simclr.models.fast_batch_norm import FusedBatchNormalization
 
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
@@ -65,12 +66,99 @@ def test_fused_kernel_in_graph_and_keras_fallback_switch():
   (_, fused_bn), x, _ = _pair([2, 3, 3, 4], synchronized=True)
   ops = lambda: {op.type for op in tf.function(lambda t: fused_bn(t, training=True))
                  .get_concrete_function(x).graph.get_operations()}
-  assert 'FusedBatchNormV3' in ops()
+  native = native_batch_norm.usable()
+  assert ('NativeBatchNormForward' if native else 'FusedBatchNormV3') in ops()
+  with native_batch_norm.disabled():
+    found = ops()
+    assert 'FusedBatchNormV3' in found and 'NativeBatchNormForward' not in found
   fast_batch_norm.set_fused_batch_norm_enabled(False)
   try:
-    assert 'FusedBatchNormV3' not in ops()
+    assert not {'FusedBatchNormV3', 'NativeBatchNormForward'} & ops()
   finally:
     fast_batch_norm.set_fused_batch_norm_enabled(True)
+
+
+def _numpy_batch_norm(x, gamma, beta, upstream, epsilon):
+  """Float64 BN with batch statistics over all axes but the last, and its gradient."""
+  axes = tuple(range(x.ndim - 1))
+  count = x.size // x.shape[-1]
+  mean, variance = x.mean(axes), x.var(axes)
+  inverse = 1.0 / np.sqrt(variance + epsilon)
+  normalized = (x - mean) * inverse
+  d_beta = upstream.sum(axes)
+  d_gamma = (upstream * normalized).sum(axes)
+  d_x = gamma * inverse / count * (count * upstream - d_beta - normalized * d_gamma)
+  return normalized * gamma + beta, mean, variance, d_x, d_gamma, d_beta
+
+
+# A mean 333 standard deviations from 0 (offset 1e3) costs digits in float32: there the
+# native kernels stay within 4e-6 of the largest value, TF's fused kernel 1e-4.
+@pytest.mark.parametrize('shape, offset, tolerance', [
+    ([8, 6, 6, 16], 1.5, 2e-6), ([4, 3, 3, 200], 0.0, 2e-6), ([2, 7], 0.0, 2e-6),
+    ([300, 5], 30.0, 2e-6), ([300, 5], 1e3, 1e-5), ([1, 1, 1, 3], 0.0, 2e-6)])
+def test_native_kernels_match_float64_formula(shape, offset, tolerance):
+  if not native_batch_norm.usable():
+    pytest.skip(native_batch_norm.status())
+  rng = np.random.default_rng(1)
+  channels = shape[-1]
+  # The float32 values themselves, in float64 for the reference.
+  as_float32 = lambda value: value.astype(np.float32).astype(np.float64)
+  x = as_float32(rng.normal(size=shape) * 3.0 + offset)
+  gamma, beta = as_float32(rng.uniform(0.5, 1.5, channels)), as_float32(rng.normal(size=channels))
+  upstream = as_float32(rng.normal(size=shape))
+  tensors = [tf.constant(value, tf.float32) for value in (x, gamma, beta)]
+  with tf.GradientTape() as tape:
+    tape.watch(tensors)
+    y, mean, variance = native_batch_norm.batch_norm_training(*tensors, 1e-3)
+  gradients = tape.gradient(y, tensors, output_gradients=tf.constant(upstream, tf.float32))
+  expected = _numpy_batch_norm(x, gamma, beta, upstream, 1e-3)
+  names = ('output', 'mean', 'variance', 'd_input', 'd_gamma', 'd_beta')
+  for name, want, got in zip(names, expected, [y, mean, variance, *gradients]):
+    # Float32 rounding of the terms: relative to the largest term of each quantity.
+    scale = {'output': np.abs(gamma * (x - x.mean(tuple(range(x.ndim - 1))))).max() /
+                       np.sqrt(x.var(tuple(range(x.ndim - 1))) + 1e-3).min() + np.abs(beta).max(),
+             'd_input': np.abs(upstream).max() * np.abs(gamma).max() /
+                        np.sqrt(expected[2].min() + 1e-3),
+             'mean': np.abs(x).max()}.get(name, np.abs(want).max())
+    assert np.max(np.abs(got.numpy() - want)) <= tolerance * max(scale, 1e-6), name
+
+
+def test_native_kernels_match_tensorflow_fused_kernel():
+  if not native_batch_norm.usable():
+    pytest.skip(native_batch_norm.status())
+  (_, fused_bn), x, upstream = _pair([16, 8, 8, 64])
+  native = _forward_backward(fused_bn, x, upstream, True)
+  with native_batch_norm.disabled():
+    (_, tf_bn), _, _ = _pair([16, 8, 8, 64])
+    stock = _forward_backward(tf_bn, x, upstream, True)
+  for name, want, got in zip(('output', 'd_input', 'd_gamma', 'd_beta'), stock, native):
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=2e-5, err_msg=name)
+  np.testing.assert_allclose(fused_bn.moving_variance.numpy(), tf_bn.moving_variance.numpy(),
+                             rtol=1e-6)
+
+
+def test_native_kernels_fall_back_without_a_compiler(tmp_path):
+  """No compiler: one status line, and the layer trains with TF's fused kernel."""
+  script = (
+      'import tensorflow as tf\n'
+      'from tf_simclr.models import native_batch_norm\n'
+      'from tf_simclr.models.fast_batch_norm import FusedBatchNormalization\n'
+      'layer = FusedBatchNormalization()\n'
+      'x = tf.random.normal([4, 3, 3, 5])\n'
+      'ops = {op.type for op in tf.function(lambda t: layer(t, training=True))'
+      '.get_concrete_function(x).graph.get_operations()}\n'
+      'print(native_batch_norm.usable(), "FusedBatchNormV3" in ops)\n'
+      'print(native_batch_norm.status())\n')
+  result = subprocess.run(
+      [sys.executable, '-c', script], capture_output=True, text=True, timeout=300,
+      check=False, cwd=TESTS_DIR.parent,
+      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', 'CXX': 'no-such-compiler',
+           'TF_SIMCLR_NATIVE_CACHE': str(tmp_path)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  usable_line, status_line = result.stdout.strip().splitlines()[-2:]
+  assert usable_line == 'False True'
+  assert 'no-such-compiler not on PATH' in status_line, status_line
+  assert not list(tmp_path.iterdir())
 
 
 def test_mixed_bfloat16_close_to_keras():

@@ -178,6 +178,8 @@ def test_export_layout(export):
   export_dir = pathlib.Path(export['export_dir'])
   assert (export_dir / 'saved_model.pb').is_file()
   assert (export_dir / 'variables' / 'variables.index').is_file()
+  # The native BN ops of CPU training are not saved: no consumer could load them.
+  assert b'NativeBatchNorm' not in (export_dir / 'saved_model.pb').read_bytes()
   # Written next to export_dir and renamed: no temporary directory is left behind.
   assert sorted(p.name for p in export_dir.parent.iterdir()) == ['export', 'inputs.npz']
   expected = {'initial_conv', 'initial_max_pool', 'block_group1', 'block_group2',

@@ -17,6 +17,7 @@ from tf_simclr import precision
 from tf_simclr.models import fast_batch_norm
 from tf_simclr.models import fast_conv
 from tf_simclr.models import kernel_choice
+from tf_simclr.models import native_batch_norm
 from tf_simclr.models import resnet
 
 IMAGE_SIZE = 16
@@ -58,6 +59,11 @@ def _gradient_op_types(model: keras.Model) -> list[str]:
   return types
 
 
+def _fused_count(types: list[str]) -> int:
+  """Fused BN forward ops: TF's kernel, or the native one (float32 on CPUs)."""
+  return types.count('FusedBatchNormV3') + types.count('NativeBatchNormForward')
+
+
 def _filter_gradient_paddings(model: keras.Model) -> list[str]:
   """The `padding` of every Conv2DBackpropFilter in the traced gradient of `model`."""
   def gradient(images):
@@ -94,7 +100,7 @@ def test_cached_timings_decide_each_shape(tmp_path):
   assert choice.batch_norm_choices == {(16, 16, 8): True, (8, 8, 4): False}
   types = _gradient_op_types(model)
   assert types.count('Conv2DBackpropInput') == 1  # The stride-2 conv only.
-  assert types.count('FusedBatchNormV3') == 1    # The first BN only; Keras ops for the other.
+  assert _fused_count(types) == 1    # The first BN only; Keras ops for the other.
   assert 'on 1/2 conv shapes, fused BN on 1/2 BN shapes' in choice.summary()
   short_run = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
                                            batch=BATCH, cache_path=cache_path, total_steps=10)
@@ -127,7 +133,7 @@ def test_cached_timings_decide_each_shape(tmp_path):
     kernel_choice.choose_kernels(model, mode=mode, image_size=IMAGE_SIZE, batch=BATCH,
                                  cache_path=cache_path)
     types = _gradient_op_types(model)
-    assert (types.count('Conv2DBackpropInput'), types.count('FusedBatchNormV3')) == (
+    assert (types.count('Conv2DBackpropInput'), _fused_count(types)) == (
         backprop_inputs, fused), mode
   assert _filter_gradient_paddings(model) == ['EXPLICIT', 'SAME']  # 'ours' everywhere.
 
@@ -255,3 +261,24 @@ def test_isa_limit_is_recorded_and_keys_its_own_cached_timings(monkeypatch):
   assert kernel_choice.cpu_identity() == capped
   monkeypatch.delenv('DNNL_MAX_CPU_ISA')
   assert kernel_choice.cpu_identity() == uncapped
+
+
+@pytest.mark.parametrize('jit_compile, cpu_kernels, native', [
+    (False, 'auto', True), (False, 'ours', True), (True, 'auto', False),
+    (False, 'stock', False)])
+def test_native_batch_norm_off_under_xla_and_stock(jit_compile, cpu_kernels, native):
+  """The native BN ops have no XLA kernel, and `stock` is TF's kernels everywhere."""
+  config = config_lib.Config(
+      data=config_lib.DataConfig(image_size=IMAGE_SIZE),
+      train=config_lib.TrainConfig(cpu_kernels=cpu_kernels, jit_compile=jit_compile,
+                                   train_batch_size=4, model_dir='/x', train_steps=1))
+  model = _model()
+  try:
+    kernel_choice.choose_for_run(config, model, 1, apply=False, total_steps=1)
+    assert native_batch_norm.enabled() is native
+    types = _gradient_op_types(model)
+    if native_batch_norm.usable():
+      assert ('NativeBatchNormForward' in types) is native
+      assert ('NativeBatchNormBackward' in types) is native
+  finally:
+    native_batch_norm.set_enabled(True)

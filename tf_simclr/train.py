@@ -40,6 +40,7 @@ from tf_simclr import losses
 from tf_simclr import metrics as metrics_lib
 from tf_simclr import official_import
 from tf_simclr import optim
+from tf_simclr import precision
 from tf_simclr import progress as progress_lib
 from tf_simclr import run_dir
 from tf_simclr import strategy as strategy_lib
@@ -47,6 +48,7 @@ from tf_simclr import summaries
 from tf_simclr.data import inputs as data_inputs
 from tf_simclr.models import SimCLRModel, build_model_for
 from tf_simclr.models import kernel_choice
+from tf_simclr.models import native_batch_norm
 
 InputFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
 
@@ -598,6 +600,12 @@ def choose_kernels(config: config_lib.Config, model: SimCLRModel,
                                          total_steps=total_steps)
   if say and kernels.timings:
     print(kernels.summary(), flush=True)
+  # Builds the native BN kernels now (once per machine, ~15 s), not inside the tracing.
+  if (model.compute_dtype == 'float32' and native_batch_norm.enabled() and
+      not precision.accelerator_present()):
+    native_batch_norm.usable()
+    if say:
+      print(native_batch_norm.status(), flush=True)
 
 
 def build_step_fn(config: config_lib.Config, model: SimCLRModel, teacher: Any,

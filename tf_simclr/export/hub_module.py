@@ -60,6 +60,7 @@ import tensorflow as tf
 
 from tf_simclr import run_dir
 from tf_simclr.export import model_card
+from tf_simclr.models import native_batch_norm
 from tf_simclr.models import resnet
 from tf_simclr.optim import variable_path
 
@@ -370,7 +371,8 @@ def export_encoder(model: Any,
   temp_dir = _temp_path(export_dir)
   try:
     options = tf.saved_model.SaveOptions()
-    with _per_replica_batch_norm(model):
+    # No native (C++) BN op in the SavedModel: its consumers could not load it.
+    with _per_replica_batch_norm(model), native_batch_norm.disabled():
       with _tracing_for_save(options):
         module = build_hub_module(model, image_size=image_size, weight_decay=weight_decay)
         signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function(IMAGE_SPEC)}

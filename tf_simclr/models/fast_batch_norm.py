@@ -6,9 +6,9 @@ kernel), and with `synchronized=True` it issues three all-reduces per layer (sum
 squares, count), even with a single replica. `FusedBatchNormalization` keeps the Keras
 layer's variables, config and semantics and changes only how `call` computes:
 
-- training, one replica (or `synchronized=False`): the fused kernel
-  `FusedBatchNormV3(is_training=True)`, whose registered gradient is the exact BN
-  gradient;
+- training, one replica (or `synchronized=False`): in float32 on a CPU the C++ kernels of
+  `native_batch_norm` (2-3x faster than TF's fused one there, forward + backward), else
+  the fused kernel `FusedBatchNormV3(is_training=True)`; both with the exact BN gradient;
 - training, synchronized over several replicas: local sum and sum of squares plus the
   count concatenated into ONE all-reduce, then normalisation with global statistics
   (its gradient all-reduces once too: the gradient of a SUM all-reduce is one);
@@ -26,6 +26,7 @@ from typing import Any, ContextManager, Mapping, Optional
 import keras
 import tensorflow as tf
 
+from tf_simclr.models import native_batch_norm
 from tf_simclr.models import shape_choices
 
 _FUSED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
@@ -130,7 +131,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         tf.cast(self.moving_variance, tf.float32) * momentum + variance * (1.0 - momentum))
 
   def _fused_training(self, images: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
-    """Batch statistics of this replica's batch with the fused kernel."""
+    """Batch statistics of this replica's batch with the fused kernel (float32 on a CPU:
+    the native one, `native_batch_norm`, where it can be built)."""
+    if native_batch_norm.usable(images.dtype):
+      outputs, mean, biased_variance = native_batch_norm.batch_norm_training(
+          images, gamma, beta, self.epsilon)
+      self._update_moving_statistics(tf.stop_gradient(mean), tf.stop_gradient(biased_variance))
+      return outputs
     result = tf.raw_ops.FusedBatchNormV3(
         x=images, scale=gamma, offset=beta, mean=tf.zeros([0], tf.float32),
         variance=tf.zeros([0], tf.float32), epsilon=self.epsilon, data_format='NHWC',

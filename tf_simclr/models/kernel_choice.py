@@ -45,6 +45,7 @@ from tf_simclr import precision
 from tf_simclr.config import CPU_KERNELS
 from tf_simclr.models import fast_batch_norm
 from tf_simclr.models import fast_conv
+from tf_simclr.models import native_batch_norm
 
 CACHE_ENV = 'TF_SIMCLR_KERNEL_CACHE'
 # Below this many pixels per step (batch x H x W) a layer's timing is mostly call
@@ -61,8 +62,9 @@ MIN_STEPS_TO_MEASURE = 500
 # gradient of ours is the pre-padded / matmul one; 6: the 1x1 kernel gradient as a
 # matmul at stride 1 too; 7: in bf16 that one is timed against oneDNN's at stride 1;
 # 8: the conv as a matmul of patches on small output maps; 9: those patches gathered
-# by one matmul instead of slices).
-KERNELS_VERSION = 9
+# by one matmul instead of slices; 10: the fused BN side is the native C++ kernel in
+# float32).
+KERNELS_VERSION = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,6 +452,9 @@ def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
   if micro_batches:
     examples = train_config.micro_batch_size
   views = 2 if train_config.train_mode == 'pretrain' else 1
+  # The native BN kernels have no XLA kernel, and `stock` means TF's kernels everywhere.
+  native_batch_norm.set_enabled(not train_config.jit_compile and
+                                train_config.cpu_kernels != 'stock')
   # The model's compute dtype: `build_model_for` resolved --mixed_precision (bf16 runs
   # float32 where it does not pay on this CPU).
   return choose_kernels(model, mode=train_config.cpu_kernels,
