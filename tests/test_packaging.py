@@ -36,6 +36,12 @@ def test_every_package_and_top_level_module_is_installed():
   assert not any(fnmatch.fnmatch(name, pattern) for name in ('tests', 'bench', 'scripts')
                  for pattern in patterns)
   assert setuptools_config['py-modules'] == ['run']
+  # Non-Python files the library reads at run time ship with it.
+  package_data = setuptools_config['package-data']
+  for source in (REPO_ROOT / 'tf_simclr').glob('**/*.cc'):
+    package = str(source.parent.relative_to(REPO_ROOT)).replace('/', '.')
+    assert any(fnmatch.fnmatch(source.name, pattern)
+               for pattern in package_data.get(package, [])), source
 
 
 def _requirement_names(lines: list[str]) -> dict[str, str]:
