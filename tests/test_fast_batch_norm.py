@@ -137,8 +137,11 @@ def test_native_kernels_match_tensorflow_fused_kernel():
                              rtol=1e-6)
 
 
-def test_native_kernels_fall_back_without_a_compiler(tmp_path):
-  """No compiler: one status line, and the layer trains with TF's fused kernel."""
+@pytest.mark.parametrize('environment, status', [
+    ({'CXX': 'no-such-compiler'}, 'no-such-compiler not on PATH'),
+    ({'TF_SIMCLR_NATIVE_KERNELS': '0'}, 'native batch norm off (TF_SIMCLR_NATIVE_KERNELS=0)')])
+def test_native_kernels_fall_back_without_a_compiler(tmp_path, environment, status):
+  """No compiler, or turned off: one status line, the layer trains with TF's kernel."""
   script = (
       'import tensorflow as tf\n'
       'from tf_simclr.models import native_batch_norm\n'
@@ -152,12 +155,12 @@ def test_native_kernels_fall_back_without_a_compiler(tmp_path):
   result = subprocess.run(
       [sys.executable, '-c', script], capture_output=True, text=True, timeout=300,
       check=False, cwd=TESTS_DIR.parent,
-      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', 'CXX': 'no-such-compiler',
+      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2', **environment,
            'TF_SIMCLR_NATIVE_CACHE': str(tmp_path)})
   assert result.returncode == 0, result.stderr[-3000:]
   usable_line, status_line = result.stdout.strip().splitlines()[-2:]
   assert usable_line == 'False True'
-  assert 'no-such-compiler not on PATH' in status_line, status_line
+  assert status in status_line, status_line
   assert not list(tmp_path.iterdir())
 
 
