@@ -31,6 +31,7 @@ def _restore_choices():
   fast_conv.set_padded_filter_gradient_choices({})
   fast_conv.set_patches_choices({})
   fast_batch_norm.set_fused_choices({}, True)
+  fast_batch_norm.set_native_choices({}, True)
 
 
 def _model() -> keras.Model:
@@ -282,3 +283,29 @@ def test_native_batch_norm_off_under_xla_and_stock(jit_compile, cpu_kernels, nat
       assert ('NativeBatchNormBackward' in types) is native
   finally:
     native_batch_norm.set_enabled(True)
+
+
+def test_cached_timings_choose_native_or_tf_fused_batch_norm(tmp_path):
+  """Where the native BN is usable, each fused BN shape takes the faster of it and TF's
+  fused kernel; Keras still wins where both are slower."""
+  if not native_batch_norm.usable():
+    pytest.skip(native_batch_norm.status())
+  model = _model()
+  cache_path = str(tmp_path / 'kernels.json')
+  prefix = kernel_choice._cache_prefix(tf.float32, BATCH)  # pylint: disable=protected-access
+  timings = {'conv 16x16x3x3x3x8x1': {'ours': 1.0, 'stock': 2.0},
+             'conv 16x16x8x3x3x4x2': {'ours': 1.0, 'stock': 2.0, 'ours_padded': 3.0},
+             'bn 16x16x8': {'ours': 1.0, 'stock': 3.0, 'tf_fused': 2.0},
+             'bn 8x8x4': {'ours': 2.0, 'stock': 3.0, 'tf_fused': 1.0}}
+  with open(cache_path, 'w') as cache_file:
+    json.dump({prefix + name: value for name, value in timings.items()}, cache_file)
+  choice = kernel_choice.choose_kernels(model, mode='auto', image_size=IMAGE_SIZE,
+                                        batch=BATCH, cache_path=cache_path)
+  assert choice.batch_norm_choices == {(16, 16, 8): True, (8, 8, 4): True}
+  assert choice.native_batch_norm_choices == {(16, 16, 8): True, (8, 8, 4): False}
+  assert 'fused BN on 2/2 BN shapes (the native kernel on 1)' in choice.summary()
+  types = _gradient_op_types(model)
+  assert (types.count('NativeBatchNormForward'), types.count('FusedBatchNormV3')) == (1, 1)
+  # Fresh timings of one shape have all three sides.
+  measured = kernel_choice.time_batch_norm([8, 8, 4], batch=16, repeats=1)
+  assert set(measured) == {'ours', 'stock', 'tf_fused'}

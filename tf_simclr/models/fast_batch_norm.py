@@ -39,6 +39,21 @@ _enabled = True
 _choices = shape_choices.ShapeChoices()
 
 
+# Per-shape choices between the native kernel (True, where `native_batch_norm.usable()`)
+# and TF's fused one (False), for the shapes that take the fused path.
+_native_choices = shape_choices.ShapeChoices()
+
+
+def set_native_choices(choices: Mapping[tuple[int, ...], bool], default: bool = True) -> None:
+  """Per-shape choice between the native kernel (True) and TF's fused one."""
+  _native_choices.set(choices, default)
+
+
+def native_choices() -> tuple[dict[tuple[int, ...], bool], bool]:
+  """(per-shape native choices, default) currently set."""
+  return _native_choices.get()
+
+
 def set_fused_choices(choices: Mapping[tuple[int, ...], bool], default: bool = True) -> None:
   """Per-shape choice between the fused kernel (True) and the Keras computation."""
   _choices.set(choices, default)
@@ -95,7 +110,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
 
   def call(self, inputs, training=None, mask=None):
     inputs = tf.convert_to_tensor(inputs)
-    _choices.record(shape_key(inputs.shape))
+    key = shape_key(inputs.shape)
+    _choices.record(key)
     if self._uses_keras_path(inputs, mask):
       return super().call(inputs, training=training, mask=mask)
     channels = inputs.shape[-1]
@@ -111,7 +127,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
           replica_context.num_replicas_in_sync > 1):
         outputs = self._synchronized_training(images, gamma, beta, replica_context)
       else:
-        outputs = self._fused_training(images, gamma, beta)
+        outputs = self._fused_training(images, gamma, beta, key)
     else:
       outputs = tf.raw_ops.FusedBatchNormV3(
           x=images, scale=gamma, offset=beta,
@@ -130,10 +146,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     self.moving_variance.assign(
         tf.cast(self.moving_variance, tf.float32) * momentum + variance * (1.0 - momentum))
 
-  def _fused_training(self, images: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
+  def _fused_training(self, images: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
+                      key: tuple[int, ...]) -> tf.Tensor:
     """Batch statistics of this replica's batch with the fused kernel (float32 on a CPU:
-    the native one, `native_batch_norm`, where it can be built)."""
-    if native_batch_norm.usable(images.dtype):
+    the native one, `native_batch_norm`, where it can be built and is chosen for `key`)."""
+    if native_batch_norm.usable(images.dtype) and _native_choices.ours(key):
       outputs, mean, biased_variance = native_batch_norm.batch_norm_training(
           images, gamma, beta, self.epsilon)
       self._update_moving_statistics(tf.stop_gradient(mean), tf.stop_gradient(biased_variance))

@@ -17,7 +17,9 @@ per layer shape at start-up from timings on this CPU:
    and takes the faster (`fast_conv.set_padded_filter_gradient_choices`). On output
    maps of at most 4 x 4 pixels the whole conv as one matmul of patches
    (`fast_conv.patches_conv2d`) is timed too, and taken where it beats every other
-   side (`fast_conv.set_patches_choices`).
+   side (`fast_conv.set_patches_choices`). Where the native batch norm
+   (`native_batch_norm`) is usable, the fused side of a BN shape is timed with it and
+   with TF's fused kernel, and takes the faster (`fast_batch_norm.set_native_choices`).
 
 Timings are cached in a JSON file keyed by the CPU (model name and flags from
 /proc/cpuinfo), the TensorFlow version, oneDNN on/off, the dtype, the batch and the
@@ -63,8 +65,8 @@ MIN_STEPS_TO_MEASURE = 500
 # matmul at stride 1 too; 7: in bf16 that one is timed against oneDNN's at stride 1;
 # 8: the conv as a matmul of patches on small output maps; 9: those patches gathered
 # by one matmul instead of slices; 10: the fused BN side is the native C++ kernel in
-# float32).
-KERNELS_VERSION = 10
+# float32; 11: TF's fused BN timed beside it).
+KERNELS_VERSION = 11
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,9 @@ class KernelChoice:
   padded_filter_choices: dict[tuple[int, ...], bool] = dataclasses.field(default_factory=dict)
   # conv_key -> the whole conv as one matmul of patches (small output maps).
   patches_choices: dict[tuple[int, ...], bool] = dataclasses.field(default_factory=dict)
+  # BN shape -> the native kernel (True) or TF's fused one, where the fused path is taken.
+  native_batch_norm_choices: dict[tuple[int, ...], bool] = dataclasses.field(
+      default_factory=dict)
 
   def summary(self) -> str:
     """One line: how many shapes take our path, per kind."""
@@ -92,9 +97,13 @@ class KernelChoice:
     padded_text = (f' (pre-padded or matmul kernel gradient on {padded})' if padded else '')
     patches = sum(self.patches_choices.values())
     patches_text = f', a matmul of patches on {patches}' if patches else ''
+    native = sum(native for shape, native in self.native_batch_norm_choices.items()
+                 if self.batch_norm_choices.get(shape))
+    native_text = (f' (the native kernel on {native})' if self.native_batch_norm_choices
+                   else '')
     return (f'cpu kernels ({self.mode}): our conv gradient on {conv}/{len(self.conv_choices)} '
             f'conv shapes{padded_text}{patches_text}, fused BN on '
-            f'{norm}/{len(self.batch_norm_choices)} BN shapes ({self.reason}).')
+            f'{norm}/{len(self.batch_norm_choices)} BN shapes{native_text} ({self.reason}).')
 
 
 def cpu_description(cpuinfo_path: str = '/proc/cpuinfo') -> dict[str, Any]:
@@ -264,8 +273,10 @@ def time_conv(input_shape: Sequence[int], kernel_shape: Sequence[int], stride: i
 
 
 def time_batch_norm(shape: Sequence[int], batch: int, dtype: tf.DType = tf.float32,
-                    repeats: int = 3) -> tuple[float, float]:
-  """Seconds of training-mode forward + backward of one BN layer: (fused, Keras)."""
+                    repeats: int = 3) -> dict[str, float]:
+  """Seconds of training-mode forward + backward of one BN layer: {'ours': the fused
+  path (the native kernel where `native_batch_norm.usable()`), 'stock': Keras}, and
+  'tf_fused' (TF's fused kernel) where the native one is usable."""
   generator = tf.random.Generator.from_seed(0)
   inputs = tf.cast(generator.normal([batch, *shape]), dtype)
   policy = 'mixed_bfloat16' if dtype == tf.bfloat16 else 'float32'
@@ -285,12 +296,20 @@ def time_batch_norm(shape: Sequence[int], batch: int, dtype: tf.DType = tf.float
 
   fused = fast_batch_norm.FusedBatchNormalization(epsilon=1e-5, dtype=policy)
   stock = keras.layers.BatchNormalization(epsilon=1e-5, dtype=policy)
-  previous = fast_batch_norm.fused_choices()
-  fast_batch_norm.set_fused_choices({}, default=True)  # This layer: the fused path.
+  previous = fast_batch_norm.fused_choices(), fast_batch_norm.native_choices()
+  fast_batch_norm.set_fused_choices({}, default=True)  # These layers: the fused path,
+  fast_batch_norm.set_native_choices({}, default=True)  # native where usable.
   try:
-    return _median_alternating(step_fn(fused), step_fn(stock), repeats=repeats)
+    steps = {'ours': step_fn(fused), 'stock': step_fn(stock)}
+    if native_batch_norm.usable(dtype):
+      steps['tf_fused'] = step_fn(
+          fast_batch_norm.FusedBatchNormalization(epsilon=1e-5, dtype=policy))
+      with native_batch_norm.disabled():
+        steps['tf_fused']()  # Traced here: TF's fused kernel.
+    return dict(zip(steps, _median_alternating(*steps.values(), repeats=repeats)))
   finally:
-    fast_batch_norm.set_fused_choices(*previous)
+    fast_batch_norm.set_fused_choices(*previous[0])
+    fast_batch_norm.set_native_choices(*previous[1])
 
 
 def choose_kernels(model: keras.Model, *, mode: str, image_size: int, batch: int,
@@ -346,6 +365,7 @@ def apply_choice(choice: KernelChoice) -> None:
   fast_conv.set_padded_filter_gradient_choices(choice.padded_filter_choices)
   fast_conv.set_patches_choices(choice.patches_choices)
   fast_batch_norm.set_fused_choices(choice.batch_norm_choices, choice.default)
+  fast_batch_norm.set_native_choices(choice.native_batch_norm_choices)
 
 
 def _conv_name(key: tuple[int, ...]) -> str:
@@ -380,8 +400,7 @@ def _time_missing(convs: list, norms: list, batch: int, dtype: tf.DType, repeats
   for shape in norms:
     name = _norm_name(shape)
     if prefix + name not in cache:
-      ours, stock = time_batch_norm(shape, batch, dtype, repeats)  # pylint: disable=unbalanced-tuple-unpacking
-      cache[prefix + name] = {'ours': ours, 'stock': stock}
+      cache[prefix + name] = time_batch_norm(shape, batch, dtype, repeats)
       measured += 1
   return measured
 
@@ -406,6 +425,7 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
   padded_choices: dict[tuple[int, ...], bool] = {}
   patches_choices: dict[tuple[int, ...], bool] = {}
   norm_choices: dict[tuple[int, ...], bool] = {}
+  native_choices: dict[tuple[int, ...], bool] = {}
   start = time.perf_counter()
   # One small tf.function per shape and side: TF's retracing warning is expected here.
   logger = tf.get_logger()
@@ -429,14 +449,18 @@ def _measure(model: keras.Model, image_size: int, batch: int, dtype: tf.DType,
   for shape in norms:
     name = _norm_name(shape)
     timings[name] = cache[prefix + name]
-    norm_choices[shape] = timings[name]['ours'] <= timings[name]['stock']
+    fused = min(timings[name]['ours'], timings[name].get('tf_fused', float('inf')))
+    norm_choices[shape] = fused <= timings[name]['stock']
+    if 'tf_fused' in timings[name]:
+      native_choices[shape] = timings[name]['ours'] <= timings[name]['tf_fused']
   seconds = time.perf_counter() - start
   if measured and cache_path:
     _save_cache(cache_path, cache)
   reason = (f'measured {measured} shapes in {seconds:.0f} s' if measured else
             f'timings cached in {cache_path}')
   return KernelChoice('auto', conv_choices, norm_choices, True, timings,
-                      seconds if measured else 0.0, reason, padded_choices, patches_choices)
+                      seconds if measured else 0.0, reason, padded_choices, patches_choices,
+                      native_choices)
 
 
 def choose_for_run(config: Any, model: keras.Model, num_replicas: int,
