@@ -600,7 +600,7 @@ def choose_kernels(config: config_lib.Config, model: SimCLRModel,
                                          total_steps=total_steps)
   if say and kernels.timings:
     print(kernels.summary(), flush=True)
-  # Builds the native BN kernels now (once per machine, ~15 s), not inside the tracing.
+  # Builds the native BN kernels now (once per machine, ~13 s), not inside the tracing.
   if (model.compute_dtype == 'float32' and native_batch_norm.enabled() and
       not precision.accelerator_present()):
     native_batch_norm.usable()

@@ -1,16 +1,16 @@
 """Batch norm with batch statistics in C++ for float32 training on CPUs, built on first use.
 
 TensorFlow's fused batch norm on a CPU runs oneDNN's kernel (or Eigen's), whose forward
-pass in training takes 3-5x the time of a pass over memory on the AVX2 EPYC (64 x 32 x
-32 x 256 floats: 28.6 ms against 8.6 ms for `native_batch_norm.cc`; docs/speed.md).
-`native_batch_norm.cc` computes the forward pass in two passes over x (per-channel sums
-in one, `y = x * a + b` in the other) and the backward pass in two passes over (x, dy),
+pass in training takes 3-5x the time of a pass over memory on the AVX2-only EPYC
+(2026-12-03; 64 x 32 x 32 x 256 floats: 28.6 ms against 8.6 ms for
+`native_batch_norm.cc`; docs/speed.md). `native_batch_norm.cc` computes the forward pass
+in two passes over x (per-channel sums in one, `y = (x - mean) * a + offset` in the other) and the backward pass in two passes over (x, dy),
 with float partial sums of at most 64 rows accumulated in double.
 
 The source is compiled here on first use with the host's C++ compiler (`$CXX` or `g++`),
 TensorFlow's own flags (`tf.sysconfig`) and `-O3 -march=native`, into a cache folder
 keyed by the source, the TensorFlow version and the CPU (`$TF_SIMCLR_NATIVE_CACHE`, else
-`~/.cache/tf_simclr/native`; a local folder: `dlopen` needs one), about 15 s once per
+`~/.cache/tf_simclr/native`; a local folder: `dlopen` needs one), about 13 s once per
 machine. Where it cannot be built or loaded (no compiler, another OS) or
 `TF_SIMCLR_NATIVE_KERNELS=0` is set, `usable()` is False and the layer keeps TF's fused
 kernel: same results, to float32 rounding.
@@ -89,32 +89,21 @@ def status() -> str:
   return _note or 'native batch norm not loaded'
 
 
-def _cpu_flags() -> str:
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
-      for line in cpuinfo:
-        if line.startswith(('flags', 'Features')):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def _build_key(compiler: str) -> str:
   digest = hashlib.sha256()
   with open(SOURCE, 'rb') as source:
     digest.update(source.read())
   for part in (tf.__version__, ' '.join(tf.sysconfig.get_compile_flags()),
-               ' '.join(tf.sysconfig.get_link_flags()), compiler, _cpu_flags()):
+               ' '.join(tf.sysconfig.get_link_flags()), compiler,
+               ' '.join(sorted(precision.read_cpu_flags() or ())) or platform.machine()):
     digest.update(part.encode())
   return digest.hexdigest()[:16]
 
 
 def cache_dir() -> str:
-  base = os.environ.get(CACHE_ENV) or os.path.join(
+  return os.environ.get(CACHE_ENV) or os.path.join(
       os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'),
       'tf_simclr', 'native')
-  return base
 
 
 def _compile(compiler: str, target: str) -> None:
